@@ -1,0 +1,150 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Write modes of the persister (PERSIST_WRITE_MODE).
+const (
+	// WriteModeCopy streams a batch with COPY into a temporary table and
+	// moves it with INSERT … SELECT … ON CONFLICT DO NOTHING.
+	WriteModeCopy = "copy"
+	// WriteModeInsert writes a batch with multi-row INSERT … ON CONFLICT DO
+	// NOTHING statements.
+	WriteModeInsert = "insert"
+)
+
+// Persister is the configuration of cmd/persister, the AMQP → Postgres
+// archiver (SPEC §6). Every field maps to one environment variable; the
+// comment on each field names it, its unit and its default.
+type Persister struct {
+	// AMQPURL is the broker to consume from, with the vhost in the path.
+	// PERSIST_AMQP_URL, default
+	// amqp://stompgate-persister:stompgate-persister@127.0.0.1:5672/stompgate.
+	AMQPURL string
+	// DatabaseURL is the Postgres database the archive is written to. The
+	// database is created at start when missing. PERSIST_DATABASE_URL,
+	// default postgres://postgres@127.0.0.1:5432/stompgate?sslmode=disable.
+	DatabaseURL string
+	// Bindings are the routing keys binding Queue to amq.topic.
+	// PERSIST_BINDINGS, comma list, default "#" (everything).
+	Bindings []string
+	// Queue is the archive queue (quorum). PERSIST_QUEUE, default
+	// stompgate.archive.
+	Queue string
+	// DLX is the fanout dead-letter exchange of Queue. PERSIST_DLX, default
+	// stompgate.dlx.
+	DLX string
+	// DLQ is the queue bound to DLX that collects dead letters. PERSIST_DLQ,
+	// default stompgate.archive.dlq.
+	DLQ string
+	// DeliveryLimit is the x-delivery-limit of Queue: a message delivered
+	// this many times without an ack is dead-lettered by RabbitMQ.
+	// PERSIST_DELIVERY_LIMIT, count, default 5 (must match definitions.json).
+	DeliveryLimit int
+	// BatchSize is the most messages written in one transaction.
+	// PERSIST_BATCH_SIZE, messages, default 500, 1 to 10000.
+	BatchSize int
+	// BatchWait is how long a batch waits for more messages after its first
+	// one before it is written. PERSIST_BATCH_WAIT, duration, default 20ms.
+	BatchWait time.Duration
+	// WriteMode is "copy" (COPY into a temp table, then INSERT … SELECT) or
+	// "insert" (multi-row INSERT). PERSIST_WRITE_MODE, default copy.
+	WriteMode string
+	// RetryMin and RetryMax bound the capped exponential backoff (with
+	// jitter) between attempts to write a batch while Postgres fails, and
+	// between reconnects to RabbitMQ. PERSIST_RETRY_MIN default 100ms,
+	// PERSIST_RETRY_MAX default 5s.
+	RetryMin, RetryMax time.Duration
+	// ShutdownTimeout bounds how long a SIGTERM waits for the batch in
+	// flight to commit; what is not committed by then stays unacked and is
+	// redelivered. PERSIST_SHUTDOWN_TIMEOUT, duration, default 30s.
+	ShutdownTimeout time.Duration
+	// ConnectionName is the connection_name client property shown in the
+	// RabbitMQ management UI. PERSIST_CONNECTION_NAME, default
+	// stompgate-persister.
+	ConnectionName string
+	// MetricsListen is the address of the /metrics and /healthz HTTP
+	// server; empty disables it. PERSIST_METRICS_LISTEN, default :9091.
+	MetricsListen string
+	// DBMaxConns is the size of the Postgres connection pool.
+	// PERSIST_DB_MAX_CONNS, connections, default 4.
+	DBMaxConns int
+	// LogFormat is "text" or "json". LOG_FORMAT, default text.
+	LogFormat string
+}
+
+// MaxBatchSize is the largest PERSIST_BATCH_SIZE accepted.
+const MaxBatchSize = 10000
+
+// LoadPersister reads and validates the persister configuration, reporting
+// every problem together.
+func LoadPersister(getenv Getenv) (Persister, error) {
+	e := env{get: getenv}
+	c := Persister{
+		AMQPURL:         e.String("PERSIST_AMQP_URL", "amqp://stompgate-persister:stompgate-persister@127.0.0.1:5672/stompgate"),
+		DatabaseURL:     e.String("PERSIST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/stompgate?sslmode=disable"),
+		Bindings:        e.List("PERSIST_BINDINGS", "#"),
+		Queue:           e.String("PERSIST_QUEUE", "stompgate.archive"),
+		DLX:             e.String("PERSIST_DLX", "stompgate.dlx"),
+		DLQ:             e.String("PERSIST_DLQ", "stompgate.archive.dlq"),
+		DeliveryLimit:   e.Int("PERSIST_DELIVERY_LIMIT", 5, 1),
+		BatchSize:       e.Int("PERSIST_BATCH_SIZE", 500, 1),
+		BatchWait:       e.Duration("PERSIST_BATCH_WAIT", 20*time.Millisecond, 0),
+		WriteMode:       strings.ToLower(e.String("PERSIST_WRITE_MODE", WriteModeCopy)),
+		RetryMin:        e.Duration("PERSIST_RETRY_MIN", 100*time.Millisecond, time.Millisecond),
+		RetryMax:        e.Duration("PERSIST_RETRY_MAX", 5*time.Second, time.Millisecond),
+		ShutdownTimeout: e.Duration("PERSIST_SHUTDOWN_TIMEOUT", 30*time.Second, 0),
+		ConnectionName:  e.String("PERSIST_CONNECTION_NAME", "stompgate-persister"),
+		MetricsListen:   e.String("PERSIST_METRICS_LISTEN", ":9091"),
+		DBMaxConns:      e.Int("PERSIST_DB_MAX_CONNS", 4, 1),
+		LogFormat:       strings.ToLower(e.String("LOG_FORMAT", "text")),
+	}
+	if u, err := url.Parse(c.AMQPURL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
+		e.fail("PERSIST_AMQP_URL", "%q is not an amqp:// or amqps:// URL", redactURL(c.AMQPURL))
+	}
+	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		e.fail("PERSIST_DATABASE_URL", "%q is not a postgres:// URL", redactURL(c.DatabaseURL))
+	} else if strings.TrimPrefix(u.Path, "/") == "" {
+		e.fail("PERSIST_DATABASE_URL", "names no database")
+	}
+	if len(c.Bindings) == 0 {
+		e.fail("PERSIST_BINDINGS", "needs at least one routing key (\"#\" for everything)")
+	}
+	if c.BatchSize > MaxBatchSize {
+		e.fail("PERSIST_BATCH_SIZE", "%d is above the maximum %d", c.BatchSize, MaxBatchSize)
+	}
+	if c.WriteMode != WriteModeCopy && c.WriteMode != WriteModeInsert {
+		e.fail("PERSIST_WRITE_MODE", "%q is neither %q nor %q", c.WriteMode, WriteModeCopy, WriteModeInsert)
+	}
+	if c.RetryMax < c.RetryMin {
+		e.fail("PERSIST_RETRY_MAX", "%s is below PERSIST_RETRY_MIN %s", c.RetryMax, c.RetryMin)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		e.fail("LOG_FORMAT", "%q is neither text nor json", c.LogFormat)
+	}
+	for _, q := range []struct{ name, v string }{{"PERSIST_QUEUE", c.Queue}, {"PERSIST_DLX", c.DLX}, {"PERSIST_DLQ", c.DLQ}} {
+		if strings.HasPrefix(q.v, "amq.") {
+			e.fail(q.name, "%q uses the reserved amq. prefix", q.v)
+		}
+	}
+	if c.Queue == c.DLQ {
+		e.fail("PERSIST_DLQ", "must differ from PERSIST_QUEUE")
+	}
+	if err := e.err(); err != nil {
+		return Persister{}, fmt.Errorf("persister configuration: %w", err)
+	}
+	return c, nil
+}
+
+// redactURL hides the password of a URL for error messages.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
