@@ -1,0 +1,146 @@
+// Command persister archives RabbitMQ traffic in Postgres (SPEC §6): it
+// consumes the quorum queue stompgate.archive (bound to amq.topic), writes
+// batches in one transaction each, acks only after COMMIT, skips duplicates
+// by (sender, message id) and dead-letters messages the database refuses.
+// Configuration is read from PERSIST_* environment variables (see
+// docs/PERSISTER.md); metrics are served on PERSIST_METRICS_LISTEN.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/persist"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args, os.Getenv, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "persister:", err)
+		os.Exit(1)
+	}
+}
+
+// startTimeout bounds each start-up step that talks to Postgres.
+const startTimeout = 30 * time.Second
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := config.LoadPersister(getenv)
+	if err != nil {
+		return err
+	}
+	var handler slog.Handler = slog.NewTextHandler(stdout, nil)
+	if cfg.LogFormat == "json" {
+		handler = slog.NewJSONHandler(stdout, nil)
+	}
+	log := slog.New(handler)
+
+	if err := ensureDatabase(ctx, cfg.DatabaseURL, log); err != nil {
+		return err
+	}
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("PERSIST_DATABASE_URL: %w", err)
+	}
+	pcfg.MaxConns = int32(cfg.DBMaxConns)
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return fmt.Errorf("postgres pool: %w", err)
+	}
+	defer pool.Close()
+	mctx, cancel := context.WithTimeout(ctx, startTimeout)
+	err = persist.Migrate(mctx, pool)
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := persist.NewMetrics(reg, pool)
+
+	if cfg.MetricsListen != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("PERSIST_METRICS_LISTEN: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, "ok\n")
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		served := make(chan error, 1) // Serve's result, read once after Shutdown
+		go func() { served <- srv.Serve(ln) }()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-served
+		}()
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
+
+	a := persist.NewArchiver(cfg, persist.NewWriter(pool, cfg.WriteMode), metrics, log)
+	log.Info("persister starting", "queue", cfg.Queue, "batch_size", cfg.BatchSize,
+		"batch_wait", cfg.BatchWait, "write_mode", cfg.WriteMode)
+	if err := a.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("persister stopped")
+	return nil
+}
+
+// ensureDatabase creates the database named in dbURL when it does not
+// exist, connecting to the "postgres" database of the same server, so that
+// a fresh machine needs no manual step.
+func ensureDatabase(ctx context.Context, dbURL string, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	cc, err := pgx.ParseConfig(dbURL)
+	if err != nil {
+		return fmt.Errorf("PERSIST_DATABASE_URL: %w", err)
+	}
+	name := cc.Database
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err == nil {
+		return conn.Close(ctx)
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "3D000" { // invalid_catalog_name
+		return fmt.Errorf("connect to postgres: %w", err)
+	}
+	cc.Database = "postgres"
+	admin, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("connect to postgres to create database %s: %w", name, err)
+	}
+	defer admin.Close(context.WithoutCancel(ctx))
+	_, err = admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	if errors.As(err, &pe) && pe.Code == "42P04" { // duplicate_database: created concurrently
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	log.Info("database created", "database", name)
+	return nil
+}

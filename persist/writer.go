@@ -1,0 +1,218 @@
+package persist
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stompgate/stompgate/config"
+)
+
+// Writer writes batches of rows to stompgate_messages, each batch in one
+// transaction, ignoring rows whose (sender, message_id) or (stream, seq) is
+// already there. A Writer is safe for concurrent use; each Write uses its
+// own pooled connection.
+type Writer struct {
+	pool *pgxpool.Pool
+	mode string // config.WriteModeCopy or config.WriteModeInsert
+}
+
+// NewWriter returns a Writer using mode (config.WriteModeCopy or
+// config.WriteModeInsert).
+func NewWriter(pool *pgxpool.Pool, mode string) *Writer {
+	return &Writer{pool: pool, mode: mode}
+}
+
+// Result is the outcome of a committed batch.
+type Result struct {
+	Inserted   int         // new rows
+	Duplicates int         // rows already archived (same sender and message id)
+	Rejected   []Rejection // rows the database refused for their content
+}
+
+// Rejection is a row of a batch that the database refused for its content.
+type Rejection struct {
+	Index  int    // position in the batch
+	Reason string // the database's error, e.g. "ERROR: unsupported Unicode escape sequence (SQLSTATE 22P05)"
+}
+
+// insertChunk bounds the rows of one multi-row INSERT: 8 parameters a row,
+// well under Postgres' 65535 bind parameters.
+const insertChunk = 1000
+
+const insertColumns = "message_id, sender, exchange, routing_key, content_type, headers, body, published_at"
+
+// Write commits rows in one transaction and reports what happened. When the
+// database refuses the batch for the content of some rows, Write finds
+// them by bisection under savepoints, commits the others and lists the
+// refused rows in Result.Rejected. Any other error (connection lost,
+// database down, timeout) is returned and nothing is committed: the caller
+// retries the same batch later.
+func (w *Writer) Write(ctx context.Context, rows []Row) (Result, error) {
+	if len(rows) == 0 {
+		return Result{}, nil
+	}
+	n, err := w.writeFast(ctx, rows)
+	if err == nil {
+		return Result{Inserted: n, Duplicates: len(rows) - n}, nil
+	}
+	if !IsContentError(err) {
+		return Result{}, err
+	}
+	return w.writeIsolating(ctx, rows)
+}
+
+func (w *Writer) writeFast(ctx context.Context, rows []Row) (int, error) {
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	var n int
+	if w.mode == config.WriteModeCopy {
+		n, err = copyRows(ctx, tx, rows)
+	} else {
+		n, err = insertRows(ctx, tx, rows)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	return n, nil
+}
+
+// writeIsolating writes rows in one transaction, bisecting under
+// savepoints around the rows the database refuses.
+func (w *Writer) writeIsolating(ctx context.Context, rows []Row) (Result, error) {
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	var res Result
+	var bisect func(off int, part []Row) error
+	bisect = func(off int, part []Row) error {
+		sp, err := tx.Begin(ctx) // SAVEPOINT
+		if err != nil {
+			return fmt.Errorf("savepoint: %w", err)
+		}
+		n, err := insertRows(ctx, sp, part)
+		if err == nil {
+			if err := sp.Commit(ctx); err != nil { // RELEASE SAVEPOINT
+				return fmt.Errorf("release savepoint: %w", err)
+			}
+			res.Inserted += n
+			return nil
+		}
+		if rerr := sp.Rollback(ctx); rerr != nil { // ROLLBACK TO SAVEPOINT
+			return fmt.Errorf("rollback to savepoint: %w", rerr)
+		}
+		if !IsContentError(err) {
+			return err
+		}
+		if len(part) == 1 {
+			res.Rejected = append(res.Rejected, Rejection{Index: off, Reason: err.Error()})
+			return nil
+		}
+		mid := len(part) / 2
+		if err := bisect(off, part[:mid]); err != nil {
+			return err
+		}
+		return bisect(off+mid, part[mid:])
+	}
+	if err := bisect(0, rows); err != nil {
+		return Result{}, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Result{}, fmt.Errorf("commit: %w", err)
+	}
+	res.Duplicates = len(rows) - res.Inserted - len(res.Rejected)
+	return res, nil
+}
+
+// IsContentError reports whether err is Postgres refusing the data itself
+// (data exceptions such as invalid UTF-8 or NUL characters, integrity
+// violations, program limits such as an oversized index row), as opposed
+// to the database being unreachable or failing.
+func IsContentError(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) < 2 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "54":
+		return true
+	}
+	return false
+}
+
+func values(r Row) []any {
+	var ct any
+	if r.ContentType != "" {
+		ct = r.ContentType
+	}
+	return []any{r.MessageID, r.Sender, r.Exchange, r.RoutingKey, ct, r.Headers, r.Body, r.PublishedAt}
+}
+
+// insertRows writes rows with multi-row INSERT … ON CONFLICT DO NOTHING
+// statements and returns how many were new.
+func insertRows(ctx context.Context, tx pgx.Tx, rows []Row) (int, error) {
+	total := 0
+	for len(rows) > 0 {
+		part := rows[:min(len(rows), insertChunk)]
+		rows = rows[len(part):]
+		var sb strings.Builder
+		sb.WriteString("INSERT INTO stompgate_messages (" + insertColumns + ") VALUES ")
+		args := make([]any, 0, len(part)*8)
+		for i, r := range part {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			sb.WriteByte('(')
+			for j := range 8 {
+				if j > 0 {
+					sb.WriteByte(',')
+				}
+				sb.WriteByte('$')
+				sb.WriteString(strconv.Itoa(i*8 + j + 1))
+			}
+			sb.WriteByte(')')
+			args = append(args, values(r)...)
+		}
+		sb.WriteString(" ON CONFLICT DO NOTHING")
+		tag, err := tx.Exec(ctx, sb.String(), args...)
+		if err != nil {
+			return 0, fmt.Errorf("insert: %w", err)
+		}
+		total += int(tag.RowsAffected())
+	}
+	return total, nil
+}
+
+// copyRows streams rows with COPY into a session-local temporary table and
+// moves them with one INSERT … SELECT … ON CONFLICT DO NOTHING.
+func copyRows(ctx context.Context, tx pgx.Tx, rows []Row) (int, error) {
+	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS stompgate_messages_in (
+		message_id text, sender text, exchange text, routing_key text, content_type text,
+		headers jsonb, body bytea, published_at timestamptz) ON COMMIT DELETE ROWS`); err != nil {
+		return 0, fmt.Errorf("create temp table: %w", err)
+	}
+	cols := strings.Split(insertColumns, ", ")
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"stompgate_messages_in"}, cols,
+		pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) { return values(rows[i]), nil })); err != nil {
+		return 0, fmt.Errorf("copy: %w", err)
+	}
+	tag, err := tx.Exec(ctx, "INSERT INTO stompgate_messages ("+insertColumns+") SELECT "+insertColumns+
+		" FROM stompgate_messages_in ON CONFLICT DO NOTHING")
+	if err != nil {
+		return 0, fmt.Errorf("insert from temp table: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
