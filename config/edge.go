@@ -1,0 +1,146 @@
+package config
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"time"
+)
+
+// Edge is the configuration of cmd/edge. Every field is an environment
+// variable (SPEC §4 "Configuration"); the README table lists them all.
+type Edge struct {
+	Listen string // EDGE_LISTEN, default ":8080"
+
+	AllowedOrigins     []string // EDGE_ALLOWED_ORIGINS, comma list, default "http://localhost:*,http://127.0.0.1:*"
+	AllowMissingOrigin bool     // EDGE_ALLOW_MISSING_ORIGIN, default true
+	TokenCookie        string   // EDGE_TOKEN_COOKIE, default "access_token"
+
+	JWTSecret     string        // EDGE_JWT_HS256_SECRET (at least 32 bytes)
+	JWTPublicKeys []string      // EDGE_JWT_PUBLIC_KEYS, comma list of PEM files
+	JWTIssuer     string        // EDGE_JWT_ISSUER, checked when set
+	JWTAudience   string        // EDGE_JWT_AUDIENCE, checked when set
+	JWTLeeway     time.Duration // EDGE_JWT_LEEWAY, default 5s
+
+	BrokerAddrs     []string      // EDGE_BROKER_ADDRS, default "127.0.0.1:61613"
+	BrokerLogin     string        // EDGE_BROKER_LOGIN, default "stompgate-edge"
+	BrokerPasscode  string        // EDGE_BROKER_PASSCODE, default "stompgate-edge"
+	BrokerVhost     string        // EDGE_BROKER_VHOST, default "stompgate"
+	BrokerHeartbeat time.Duration // EDGE_BROKER_HEARTBEAT, default 10s (edge↔broker leg)
+	BrokerTimeout   time.Duration // EDGE_BROKER_TIMEOUT, default 5s (dial + CONNECTED)
+
+	Heartbeat      time.Duration // EDGE_HEARTBEAT, default 25s (offered to clients both ways)
+	ConnectTimeout time.Duration // EDGE_CONNECT_TIMEOUT, default 10s (upgrade → CONNECT)
+
+	MaxFrameBytes    int           // EDGE_MAX_FRAME_BYTES, default 64 KiB (headers + body)
+	MaxHeaders       int           // EDGE_MAX_HEADERS, default 64
+	MaxHeaderBytes   int           // EDGE_MAX_HEADER_BYTES, default 8 KiB per header line
+	MaxSubscriptions int           // EDGE_MAX_SUBSCRIPTIONS, default 100 per session
+	SendBufferBytes  int           // EDGE_SEND_BUFFER_BYTES, default 512 KiB per session
+	SendTimeLimit    time.Duration // EDGE_SEND_TIME_LIMIT, default 20s
+
+	MaxConnections     int  // EDGE_MAX_CONNECTIONS, default 10000
+	AcceptRate         Rate // EDGE_ACCEPT_RATE, new connections/s, default 0 (unlimited)
+	MaxSessionsPerUser int  // EDGE_MAX_SESSIONS_PER_USER, default 20
+
+	TokenExpiryGrace time.Duration // EDGE_TOKEN_EXPIRY_GRACE, default 30s
+
+	DrainDelay  time.Duration // EDGE_DRAIN_DELAY, default 5s
+	DrainPeriod time.Duration // EDGE_DRAIN_PERIOD, default 30s
+
+	DatabaseURL string // EDGE_DATABASE_URL, optional
+
+	LogFrames bool   // EDGE_LOG_FRAMES, default false
+	LogFormat string // LOG_FORMAT: "text" (default) or "json"
+	LogLevel  string // LOG_LEVEL: debug, info (default), warn, error
+}
+
+// LoadEdge reads and validates the edge configuration. All problems are
+// reported together, each naming its variable.
+func LoadEdge(getenv Getenv) (Edge, error) {
+	e := &env{get: getenv}
+	c := Edge{
+		Listen:             e.String("EDGE_LISTEN", ":8080"),
+		AllowedOrigins:     e.List("EDGE_ALLOWED_ORIGINS", "http://localhost:*,http://127.0.0.1:*"),
+		AllowMissingOrigin: e.Bool("EDGE_ALLOW_MISSING_ORIGIN", true),
+		TokenCookie:        e.String("EDGE_TOKEN_COOKIE", "access_token"),
+		JWTSecret:          e.String("EDGE_JWT_HS256_SECRET", ""),
+		JWTPublicKeys:      e.List("EDGE_JWT_PUBLIC_KEYS", ""),
+		JWTIssuer:          e.String("EDGE_JWT_ISSUER", ""),
+		JWTAudience:        e.String("EDGE_JWT_AUDIENCE", ""),
+		JWTLeeway:          e.Duration("EDGE_JWT_LEEWAY", 5*time.Second, 0),
+		BrokerAddrs:        e.List("EDGE_BROKER_ADDRS", "127.0.0.1:61613"),
+		BrokerLogin:        e.String("EDGE_BROKER_LOGIN", "stompgate-edge"),
+		BrokerPasscode:     e.String("EDGE_BROKER_PASSCODE", "stompgate-edge"),
+		BrokerVhost:        e.String("EDGE_BROKER_VHOST", "stompgate"),
+		BrokerHeartbeat:    e.Duration("EDGE_BROKER_HEARTBEAT", 10*time.Second, 0),
+		BrokerTimeout:      e.Duration("EDGE_BROKER_TIMEOUT", 5*time.Second, 10*time.Millisecond),
+		Heartbeat:          e.Duration("EDGE_HEARTBEAT", 25*time.Second, 0),
+		ConnectTimeout:     e.Duration("EDGE_CONNECT_TIMEOUT", 10*time.Second, 10*time.Millisecond),
+		MaxFrameBytes:      e.Bytes("EDGE_MAX_FRAME_BYTES", 64<<10, 1024),
+		MaxHeaders:         e.Int("EDGE_MAX_HEADERS", 64, 4),
+		MaxHeaderBytes:     e.Bytes("EDGE_MAX_HEADER_BYTES", 8<<10, 256),
+		MaxSubscriptions:   e.Int("EDGE_MAX_SUBSCRIPTIONS", 100, 1),
+		SendBufferBytes:    e.Bytes("EDGE_SEND_BUFFER_BYTES", 512<<10, 1024),
+		SendTimeLimit:      e.Duration("EDGE_SEND_TIME_LIMIT", 20*time.Second, 10*time.Millisecond),
+		MaxConnections:     e.Int("EDGE_MAX_CONNECTIONS", 10000, 1),
+		AcceptRate:         e.Rate("EDGE_ACCEPT_RATE", 0),
+		MaxSessionsPerUser: e.Int("EDGE_MAX_SESSIONS_PER_USER", 20, 1),
+		TokenExpiryGrace:   e.Duration("EDGE_TOKEN_EXPIRY_GRACE", 30*time.Second, 0),
+		DrainDelay:         e.Duration("EDGE_DRAIN_DELAY", 5*time.Second, 0),
+		DrainPeriod:        e.Duration("EDGE_DRAIN_PERIOD", 30*time.Second, 0),
+		DatabaseURL:        e.String("EDGE_DATABASE_URL", ""),
+		LogFrames:          e.Bool("EDGE_LOG_FRAMES", false),
+		LogFormat:          e.String("LOG_FORMAT", "text"),
+		LogLevel:           e.String("LOG_LEVEL", "info"),
+	}
+	for _, o := range c.AllowedOrigins {
+		if o == "*" {
+			e.fail("EDGE_ALLOWED_ORIGINS", `a bare "*" would let every website open sessions with your users' cookies; list origins explicitly`)
+		}
+	}
+	switch {
+	case c.JWTSecret == "" && len(c.JWTPublicKeys) == 0:
+		e.fail("EDGE_JWT_HS256_SECRET", "no JWT key configured: set EDGE_JWT_HS256_SECRET or EDGE_JWT_PUBLIC_KEYS")
+	case c.JWTSecret != "" && len(c.JWTPublicKeys) > 0:
+		e.fail("EDGE_JWT_PUBLIC_KEYS", "set either EDGE_JWT_HS256_SECRET or EDGE_JWT_PUBLIC_KEYS, not both")
+	case c.JWTSecret != "" && len(c.JWTSecret) < 32:
+		e.fail("EDGE_JWT_HS256_SECRET", "shorter than 32 bytes; HS256 secrets that short can be brute-forced")
+	}
+	if len(c.BrokerAddrs) == 0 {
+		e.fail("EDGE_BROKER_ADDRS", "empty")
+	}
+	for _, a := range c.BrokerAddrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			e.fail("EDGE_BROKER_ADDRS", "%q is not host:port", a)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		e.fail("EDGE_LISTEN", "%q is not [host]:port", c.Listen)
+	}
+	if c.MaxHeaderBytes > c.MaxFrameBytes {
+		e.fail("EDGE_MAX_HEADER_BYTES", "larger than EDGE_MAX_FRAME_BYTES")
+	}
+	if c.SendBufferBytes < c.MaxFrameBytes {
+		e.fail("EDGE_SEND_BUFFER_BYTES", "smaller than EDGE_MAX_FRAME_BYTES: a single frame could never be queued")
+	}
+	if !oneOf(c.LogFormat, "text", "json") {
+		e.fail("LOG_FORMAT", "%q is not text or json", c.LogFormat)
+	}
+	if !oneOf(strings.ToLower(c.LogLevel), "debug", "info", "warn", "error") {
+		e.fail("LOG_LEVEL", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	if err := e.err(); err != nil {
+		return Edge{}, errors.Join(errors.New("invalid configuration"), err)
+	}
+	return c, nil
+}
+
+func oneOf(v string, options ...string) bool {
+	for _, o := range options {
+		if v == o {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,383 @@
+package relay
+
+import (
+	"bytes"
+	"strconv"
+	"strings"
+
+	"github.com/go-stomp/stomp/v3/frame"
+)
+
+// Version is a negotiated STOMP protocol version.
+type Version int
+
+const (
+	V10 Version = 10
+	V11 Version = 11
+	V12 Version = 12
+)
+
+func (v Version) String() string {
+	switch v {
+	case V10:
+		return "1.0"
+	case V11:
+		return "1.1"
+	}
+	return "1.2"
+}
+
+// FrameError is a protocol violation found while parsing; Code is the
+// x-error-code the client is sent before the connection is closed.
+type FrameError struct {
+	Code string // CodeBadFrame or CodeFrameTooLarge
+	Msg  string
+}
+
+func (e *FrameError) Error() string { return e.Code + ": " + e.Msg }
+
+func badFrame(msg string) error { return &FrameError{Code: CodeBadFrame, Msg: msg} }
+func tooLarge(msg string) error { return &FrameError{Code: CodeFrameTooLarge, Msg: msg} }
+
+// Limits bound what a Parser accepts.
+type Limits struct {
+	MaxFrameBytes  int // command + headers + body
+	MaxHeaders     int // header lines per frame
+	MaxHeaderBytes int // one header line
+}
+
+// Parser turns a byte stream (WebSocket messages or a TCP stream, in any
+// split) into STOMP frames, decoding header escapes for the negotiated
+// version and enforcing Limits before buffering more than a frame's worth.
+//
+// A Parser is owned by one goroutine. A returned frame's Body aliases the
+// parser's buffer: it is valid only until the next Feed or Next call, so
+// callers encode or copy it before continuing.
+type Parser struct {
+	buf    []byte
+	off    int // start of unparsed bytes in buf
+	limits Limits
+	// Version selects header escaping; CONNECT, STOMP and CONNECTED frames
+	// are never escaped whatever the version.
+	Version Version
+	// Commands lists the commands accepted from this peer.
+	Commands map[string]bool
+}
+
+// ClientCommands are the commands a STOMP client may send.
+var ClientCommands = map[string]bool{
+	frame.CONNECT: true, frame.STOMP: true, frame.SEND: true, frame.SUBSCRIBE: true,
+	frame.UNSUBSCRIBE: true, frame.ACK: true, frame.NACK: true, frame.BEGIN: true,
+	frame.COMMIT: true, frame.ABORT: true, frame.DISCONNECT: true,
+}
+
+// ServerCommands are the commands a STOMP server (the broker) may send.
+var ServerCommands = map[string]bool{
+	frame.CONNECTED: true, frame.MESSAGE: true, frame.RECEIPT: true, frame.ERROR: true,
+}
+
+// NewParser returns a parser for the given limits and accepted commands,
+// starting at STOMP 1.2 escaping.
+func NewParser(l Limits, commands map[string]bool) *Parser {
+	return &Parser{limits: l, Version: V12, Commands: commands}
+}
+
+// Feed appends received bytes.
+func (p *Parser) Feed(b []byte) {
+	if p.off > 0 && p.off == len(p.buf) {
+		p.buf, p.off = p.buf[:0], 0
+	}
+	p.buf = append(p.buf, b...)
+}
+
+// Buffered reports how many unparsed bytes are held.
+func (p *Parser) Buffered() int { return len(p.buf) - p.off }
+
+// Next returns the next complete frame, or nil when more input is needed.
+// Heart-beat EOLs between frames are skipped.
+func (p *Parser) Next() (*frame.Frame, error) {
+	if p.off > 0 && p.off == len(p.buf) {
+		p.buf, p.off = p.buf[:0], 0
+	}
+	b := p.buf[p.off:]
+	i := 0
+	for i < len(b) && (b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	p.off += i
+	b = b[i:]
+	if len(b) == 0 {
+		return nil, nil
+	}
+	f, n, err := p.parse(b)
+	if err != nil || f == nil {
+		return nil, err
+	}
+	p.off += n
+	return f, nil
+}
+
+// Compact moves unparsed bytes to the front of the buffer so it does not
+// grow; call it when the caller no longer holds returned bodies.
+func (p *Parser) Compact() {
+	if p.off == 0 {
+		return
+	}
+	n := copy(p.buf, p.buf[p.off:])
+	p.buf, p.off = p.buf[:n], 0
+}
+
+func (p *Parser) parse(b []byte) (*frame.Frame, int, error) {
+	max := p.limits.MaxFrameBytes
+	// Command line.
+	nl := bytes.IndexByte(b, '\n')
+	if nl < 0 {
+		if len(b) > p.limits.MaxHeaderBytes {
+			return nil, 0, tooLarge("command line too long")
+		}
+		return nil, 0, nil
+	}
+	cmd := trimCR(b[:nl])
+	command, ok := internCommand(cmd)
+	if !ok || !p.Commands[command] {
+		return nil, 0, badFrame("unknown or unexpected command " + strconv.Quote(truncate(string(cmd), 32)))
+	}
+	escaped := p.Version >= V11 && command != frame.CONNECT && command != frame.STOMP && command != frame.CONNECTED
+	f := &frame.Frame{Command: command, Header: &frame.Header{}}
+	pos := nl + 1
+	contentLength := -1
+	headers := 0
+	for {
+		rest := b[pos:]
+		nl = bytes.IndexByte(rest, '\n')
+		if nl < 0 {
+			if len(rest) > p.limits.MaxHeaderBytes {
+				return nil, 0, tooLarge("header line longer than " + strconv.Itoa(p.limits.MaxHeaderBytes) + " bytes")
+			}
+			if len(b) > max {
+				return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
+			}
+			return nil, 0, nil
+		}
+		if nl > p.limits.MaxHeaderBytes {
+			return nil, 0, tooLarge("header line longer than " + strconv.Itoa(p.limits.MaxHeaderBytes) + " bytes")
+		}
+		line := trimCR(rest[:nl])
+		pos += nl + 1
+		if pos > max {
+			return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
+		}
+		if len(line) == 0 {
+			break
+		}
+		headers++
+		if headers > p.limits.MaxHeaders {
+			return nil, 0, tooLarge("more than " + strconv.Itoa(p.limits.MaxHeaders) + " headers")
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return nil, 0, badFrame("header line without a name and colon")
+		}
+		if bytes.IndexByte(line, 0) >= 0 {
+			return nil, 0, badFrame("NUL byte in a header")
+		}
+		name, err := decodeHeader(line[:colon], escaped, true)
+		if err != nil {
+			return nil, 0, err
+		}
+		value, err := decodeHeader(line[colon+1:], escaped, false)
+		if err != nil {
+			return nil, 0, err
+		}
+		if _, dup := f.Header.Contains(name); dup {
+			continue // STOMP: the first occurrence wins; never relay the others
+		}
+		if name == frame.ContentLength {
+			n, err := strconv.Atoi(strings.TrimSpace(value))
+			if err != nil || n < 0 {
+				return nil, 0, badFrame("invalid content-length")
+			}
+			contentLength = n
+		}
+		f.Header.Add(name, value)
+	}
+	// Body.
+	if contentLength >= 0 {
+		if pos+contentLength > max {
+			return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
+		}
+		if len(b) < pos+contentLength+1 {
+			return nil, 0, nil
+		}
+		if b[pos+contentLength] != 0 {
+			return nil, 0, badFrame("frame body not terminated by NUL after content-length bytes")
+		}
+		f.Body = b[pos : pos+contentLength]
+		return f, pos + contentLength + 1, nil
+	}
+	end := bytes.IndexByte(b[pos:], 0)
+	if end < 0 {
+		if len(b) > max {
+			return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
+		}
+		return nil, 0, nil
+	}
+	if pos+end > max {
+		return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
+	}
+	f.Body = b[pos : pos+end]
+	return f, pos + end + 1, nil
+}
+
+func trimCR(b []byte) []byte {
+	if n := len(b); n > 0 && b[n-1] == '\r' {
+		return b[:n-1]
+	}
+	return b
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func internCommand(b []byte) (string, bool) {
+	switch string(b) {
+	case frame.SEND:
+		return frame.SEND, true
+	case frame.MESSAGE:
+		return frame.MESSAGE, true
+	case frame.ACK:
+		return frame.ACK, true
+	case frame.NACK:
+		return frame.NACK, true
+	case frame.RECEIPT:
+		return frame.RECEIPT, true
+	case frame.SUBSCRIBE:
+		return frame.SUBSCRIBE, true
+	case frame.UNSUBSCRIBE:
+		return frame.UNSUBSCRIBE, true
+	case frame.CONNECT:
+		return frame.CONNECT, true
+	case frame.STOMP:
+		return frame.STOMP, true
+	case frame.CONNECTED:
+		return frame.CONNECTED, true
+	case frame.BEGIN:
+		return frame.BEGIN, true
+	case frame.COMMIT:
+		return frame.COMMIT, true
+	case frame.ABORT:
+		return frame.ABORT, true
+	case frame.DISCONNECT:
+		return frame.DISCONNECT, true
+	case frame.ERROR:
+		return frame.ERROR, true
+	}
+	return "", false
+}
+
+// commonHeaders avoids an allocation for header names seen on every frame.
+var commonHeaders = func() map[string]string {
+	m := map[string]string{}
+	for _, h := range []string{
+		frame.Destination, frame.ContentLength, frame.ContentType, frame.Receipt,
+		frame.ReceiptId, frame.Subscription, frame.MessageId, frame.Id, frame.Ack,
+		frame.Transaction, frame.Message, frame.HeartBeat, frame.Version, frame.Session,
+		frame.Server, frame.AcceptVersion, frame.Host, frame.Login, frame.Passcode,
+		"redelivered", "persistent", "priority", "reply-to", "expires", "timestamp",
+		"correlation-id", "amqp-message-id", "x-user-id", "user-name", "x-error-code",
+		"content-encoding", "x-seq", "x-message-id",
+	} {
+		m[h] = h
+	}
+	return m
+}()
+
+// decodeHeader undoes STOMP 1.1/1.2 escaping (\r \n \c \\). An undefined
+// escape is a fatal protocol error (STOMP 1.2 §Value Encoding).
+func decodeHeader(b []byte, escaped, isName bool) (string, error) {
+	if isName {
+		if s, ok := commonHeaders[string(b)]; ok {
+			return s, nil
+		}
+	}
+	if !escaped || bytes.IndexByte(b, '\\') < 0 {
+		return string(b), nil
+	}
+	out := make([]byte, 0, len(b))
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if c != '\\' {
+			out = append(out, c)
+			continue
+		}
+		i++
+		if i == len(b) {
+			return "", badFrame("header ends in a lone backslash")
+		}
+		switch b[i] {
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 'c':
+			out = append(out, ':')
+		case '\\':
+			out = append(out, '\\')
+		default:
+			return "", badFrame("undefined header escape \\" + string(b[i]))
+		}
+	}
+	return string(out), nil
+}
+
+// AppendFrame encodes f for a peer speaking version v.
+func AppendFrame(dst []byte, f *frame.Frame, v Version) []byte {
+	dst = append(dst, f.Command...)
+	dst = append(dst, '\n')
+	escaped := v >= V11 && f.Command != frame.CONNECT && f.Command != frame.STOMP && f.Command != frame.CONNECTED
+	if f.Header != nil {
+		for i := 0; i < f.Header.Len(); i++ {
+			k, val := f.Header.GetAt(i)
+			dst = appendHeaderValue(dst, k, escaped, v)
+			dst = append(dst, ':')
+			dst = appendHeaderValue(dst, val, escaped, v)
+			dst = append(dst, '\n')
+		}
+	}
+	dst = append(dst, '\n')
+	dst = append(dst, f.Body...)
+	return append(dst, 0)
+}
+
+func appendHeaderValue(dst []byte, s string, escaped bool, v Version) []byte {
+	if !strings.ContainsAny(s, "\\\r\n:") {
+		return append(dst, s...)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case !escaped && (c == '\n' || c == '\r'):
+			// STOMP 1.0 and CONNECT frames cannot carry line breaks in a
+			// header: drop them rather than let them end the header.
+		case !escaped:
+			dst = append(dst, c)
+		case c == '\\':
+			dst = append(dst, '\\', '\\')
+		case c == '\n':
+			dst = append(dst, '\\', 'n')
+		case c == ':':
+			dst = append(dst, '\\', 'c')
+		case c == '\r' && v >= V12:
+			dst = append(dst, '\\', 'r')
+		case c == '\r':
+			// STOMP 1.1 has no escape for CR: drop it.
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}

@@ -1,0 +1,81 @@
+package relay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the edge's Prometheus series (SPEC §8). One Metrics belongs to
+// one Server; tests build their own registry.
+type Metrics struct {
+	SessionsActive    prometheus.Gauge
+	SessionsTotal     prometheus.Counter
+	SessionsClosed    *prometheus.CounterVec // by reason: an x-error-code, client_disconnect, heart-beat_timeout, client_closed, other
+	FramesIn          *prometheus.CounterVec // by command, client → edge
+	FramesOut         *prometheus.CounterVec // by command, edge → client
+	Rejections        *prometheus.CounterVec // by x-error-code
+	OutboundBytes     prometheus.Gauge       // bytes queued to clients, all sessions
+	BrokerConnections prometheus.Gauge
+	BrokerUp          prometheus.Gauge
+	HTTPRefused       *prometheus.CounterVec // upgrades refused before the WebSocket, by reason
+	RelayLatency      prometheus.Histogram   // broker frame read → written to the client socket
+
+	framesIn  map[string]prometheus.Counter
+	framesOut map[string]prometheus.Counter
+}
+
+// NewMetrics registers the edge's series on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		SessionsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stompgate_sessions_active", Help: "Open client sessions (after the WebSocket upgrade)."}),
+		SessionsTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stompgate_sessions_total", Help: "Client sessions opened since start."}),
+		SessionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stompgate_sessions_closed_total", Help: "Client sessions ended, by reason."}, []string{"reason"}),
+		FramesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stompgate_frames_in_total", Help: "STOMP frames received from clients, by command."}, []string{"command"}),
+		FramesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stompgate_frames_out_total", Help: "STOMP frames sent to clients, by command."}, []string{"command"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stompgate_rejections_total", Help: "ERROR frames sent to clients, by x-error-code."}, []string{"code"}),
+		OutboundBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stompgate_outbound_buffer_bytes", Help: "Bytes queued for clients and not yet written, all sessions."}),
+		BrokerConnections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stompgate_broker_connections", Help: "Open STOMP connections from this edge to the broker."}),
+		BrokerUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stompgate_broker_up", Help: "1 when the last broker probe succeeded."}),
+		HTTPRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stompgate_upgrades_refused_total", Help: "WebSocket upgrades refused with an HTTP status, by reason."}, []string{"reason"}),
+		RelayLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "stompgate_relay_latency_seconds", Help: "Time from reading a broker frame to writing it to the client socket.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
+		framesIn:  map[string]prometheus.Counter{},
+		framesOut: map[string]prometheus.Counter{},
+	}
+	reg.MustRegister(m.SessionsActive, m.SessionsTotal, m.SessionsClosed, m.FramesIn, m.FramesOut, m.Rejections,
+		m.OutboundBytes, m.BrokerConnections, m.BrokerUp, m.HTTPRefused, m.RelayLatency)
+	// Pre-resolve label values so the per-frame path does no map lookups
+	// under the vector's lock and every series exists from the start.
+	for c := range ClientCommands {
+		m.framesIn[c] = m.FramesIn.WithLabelValues(c)
+	}
+	for c := range ServerCommands {
+		m.framesOut[c] = m.FramesOut.WithLabelValues(c)
+	}
+	for _, c := range AllCodes {
+		m.Rejections.WithLabelValues(c)
+	}
+	return m
+}
+
+func (m *Metrics) frameIn(cmd string) {
+	if c, ok := m.framesIn[cmd]; ok {
+		c.Inc()
+	}
+}
+
+func (m *Metrics) frameOut(cmd string) {
+	if c, ok := m.framesOut[cmd]; ok {
+		c.Inc()
+	}
+}

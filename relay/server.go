@@ -1,0 +1,351 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-stomp/stomp/v3/frame"
+	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/stompgate/stompgate/auth"
+	"github.com/stompgate/stompgate/config"
+)
+
+// Subprotocols are the STOMP WebSocket subprotocols, in the edge's order of
+// preference.
+var Subprotocols = []string{"v12.stomp", "v11.stomp", "v10.stomp"}
+
+// Deps are what a Server needs from its environment.
+type Deps struct {
+	Config   config.Edge
+	Verifier *auth.Verifier
+	Origins  *auth.OriginPolicy
+	Dialer   *BrokerDialer
+	Metrics  *Metrics
+	Logger   *slog.Logger
+	Now      func() time.Time
+	Version  string // reported in CONNECTED's server header
+}
+
+// Server accepts WebSocket upgrades on /ws and runs sessions. It is safe for
+// concurrent use; Drain ends it.
+type Server struct {
+	cfg      config.Edge
+	verifier *auth.Verifier
+	origins  *auth.OriginPolicy
+	dialer   *BrokerDialer
+	metrics  *Metrics
+	log      *slog.Logger
+	now      func() time.Time
+	version  string
+	limits   Limits
+	upgrader websocket.Upgrader
+	accept   *rate.Limiter // nil = unlimited
+
+	baseCtx context.Context
+	cancel  context.CancelFunc
+
+	active   atomic.Int64 // sessions admitted and not yet ended
+	draining atomic.Bool
+	brokerUp atomic.Bool
+	probe    chan struct{} // capacity 1: a pending request for a broker probe
+
+	mu       sync.Mutex
+	sessions map[*Session]struct{}
+	perUser  map[string]int
+	wg       sync.WaitGroup
+}
+
+// NewServer builds a Server. Sessions live under a context derived from
+// base, not from any request.
+func NewServer(base context.Context, d Deps) *Server {
+	ctx, cancel := context.WithCancel(base)
+	s := &Server{
+		cfg:      d.Config,
+		verifier: d.Verifier,
+		origins:  d.Origins,
+		dialer:   d.Dialer,
+		metrics:  d.Metrics,
+		log:      d.Logger,
+		now:      d.Now,
+		version:  d.Version,
+		limits: Limits{
+			MaxFrameBytes:  d.Config.MaxFrameBytes,
+			MaxHeaders:     d.Config.MaxHeaders,
+			MaxHeaderBytes: d.Config.MaxHeaderBytes,
+		},
+		baseCtx:  ctx,
+		cancel:   cancel,
+		probe:    make(chan struct{}, 1),
+		sessions: map[*Session]struct{}{},
+		perUser:  map[string]int{},
+	}
+	s.upgrader = websocket.Upgrader{
+		Subprotocols:     Subprotocols,
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   16 << 10,
+		WriteBufferSize:  16 << 10,
+		// The Origin policy runs before Upgrade is called; gorilla's own
+		// same-origin check would refuse legitimate cross-origin apps.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	if !d.Config.AcceptRate.Unlimited() {
+		s.accept = rate.NewLimiter(rate.Limit(d.Config.AcceptRate.PerSecond), d.Config.AcceptRate.Burst)
+	}
+	s.brokerUp.Store(true)
+	return s
+}
+
+// Handler returns the edge's HTTP routes other than the demo page.
+func (s *Server) Routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /ws", s.serveWS)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", s.serveReady)
+}
+
+// ReadyDetail is the /readyz body.
+type ReadyDetail struct {
+	Ready    bool   `json:"ready"`
+	Broker   string `json:"broker"`
+	Draining bool   `json:"draining"`
+	Sessions int64  `json:"sessions"`
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	d := ReadyDetail{Broker: "up", Draining: s.draining.Load(), Sessions: s.active.Load()}
+	if !s.brokerUp.Load() {
+		d.Broker = "down"
+	}
+	d.Ready = d.Broker == "up" && !d.Draining
+	w.Header().Set("Content-Type", "application/json")
+	if !d.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(d)
+}
+
+func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
+	s.metrics.HTTPRefused.WithLabelValues(reason).Inc()
+	if status == http.StatusServiceUnavailable {
+		// Jittered so that refused clients do not all come back at once.
+		w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(10)))
+	}
+	http.Error(w, msg, status)
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	decision := s.origins.Check(origin)
+	if decision == auth.OriginRefused {
+		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
+		return
+	}
+	token, source := auth.UpgradeToken(r, s.cfg.TokenCookie)
+	if source == auth.SourceCookie && decision != auth.OriginAllowed {
+		// A cookie rides along with any request the browser makes; without
+		// an allowed Origin it could be a cross-site attack.
+		s.refuse(w, http.StatusForbidden, "origin", "cookie authentication needs an allowed Origin")
+		return
+	}
+	if s.draining.Load() {
+		s.refuse(w, http.StatusServiceUnavailable, "draining", "shutting down")
+		return
+	}
+	if s.active.Add(1) > int64(s.cfg.MaxConnections) {
+		s.active.Add(-1)
+		s.refuse(w, http.StatusServiceUnavailable, "max_connections", "too many connections")
+		return
+	}
+	if s.accept != nil && !s.accept.Allow() {
+		s.active.Add(-1)
+		s.refuse(w, http.StatusServiceUnavailable, "accept_rate", "too many new connections")
+		return
+	}
+	var bc *bufConn
+	ws, err := s.upgrader.Upgrade(hijackWrapper{ResponseWriter: w, wrap: func(c net.Conn) net.Conn {
+		bc = &bufConn{Conn: c, w: newBufWriter(c)}
+		return bc
+	}}, r, nil)
+	if err != nil {
+		s.active.Add(-1)
+		s.metrics.HTTPRefused.WithLabelValues("handshake").Inc()
+		return // Upgrade has replied with an HTTP error
+	}
+	if err := bc.w.Flush(); err != nil {
+		s.active.Add(-1)
+		bc.Close()
+		return
+	}
+	sess := newSession(s, ws, bc, token, s.log)
+	s.mu.Lock()
+	s.sessions[sess] = struct{}{}
+	s.mu.Unlock()
+	s.wg.Add(1)
+	s.metrics.SessionsActive.Inc()
+	s.metrics.SessionsTotal.Inc()
+	defer func() {
+		s.mu.Lock()
+		delete(s.sessions, sess)
+		s.mu.Unlock()
+		s.metrics.SessionsActive.Dec()
+		s.active.Add(-1)
+		s.wg.Done()
+	}()
+	sess.serve()
+}
+
+func (s *Server) acquireUser(sub string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perUser[sub] >= s.cfg.MaxSessionsPerUser {
+		return false
+	}
+	s.perUser[sub]++
+	return true
+}
+
+func (s *Server) releaseUser(sub string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perUser[sub]--; s.perUser[sub] <= 0 {
+		delete(s.perUser, sub)
+	}
+}
+
+// brokerFailed marks the broker unreachable until the prober sees it again.
+func (s *Server) brokerFailed(err error) {
+	if s.brokerUp.Swap(false) {
+		s.log.Warn("broker unreachable", "err", err)
+		s.metrics.BrokerUp.Set(0)
+	}
+	select {
+	case s.probe <- struct{}{}:
+	default:
+	}
+}
+
+// ProbeBroker checks the broker every interval (and at once after a session
+// saw it fail) with a full STOMP handshake, until ctx ends.
+func (s *Server) ProbeBroker(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		link, err := s.dialer.Dial(ctx)
+		if err == nil {
+			link.Close()
+			if !s.brokerUp.Swap(true) {
+				s.log.Info("broker reachable again")
+			}
+			s.metrics.BrokerUp.Set(1)
+		} else if ctx.Err() == nil {
+			s.brokerFailed(err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.probe:
+			// Rate-limit probes triggered by failing sessions.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// Drain stops admitting sessions at once (/readyz turns 503), waits
+// DrainDelay, then closes open sessions spread evenly over DrainPeriod, each
+// with ERROR shutting_down, and returns when all have ended or ctx is done.
+func (s *Server) Drain(ctx context.Context) error {
+	s.draining.Store(true)
+	s.log.Info("draining", "sessions", s.active.Load(), "delay", s.cfg.DrainDelay, "period", s.cfg.DrainPeriod)
+	select {
+	case <-ctx.Done():
+	case <-time.After(s.cfg.DrainDelay):
+	}
+	s.mu.Lock()
+	open := make([]*Session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		open = append(open, sess)
+	}
+	s.mu.Unlock()
+	var gap time.Duration
+	if len(open) > 1 {
+		gap = s.cfg.DrainPeriod / time.Duration(len(open))
+	}
+	for i, sess := range open {
+		if i > 0 && gap > 0 && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(gap):
+			}
+		}
+		sess.fail(CodeShuttingDown, "server shutting down; reconnect")
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+		s.cancel()
+		return errors.New("drain: sessions still open when the deadline passed")
+	}
+}
+
+// Close ends every session at once (tests, and after Drain).
+func (s *Server) Close() {
+	s.draining.Store(true)
+	s.mu.Lock()
+	for sess := range s.sessions {
+		sess.fail(CodeShuttingDown, "server shutting down; reconnect")
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.cancel()
+}
+
+// logFrame writes the opt-in frame trace (EDGE_LOG_FRAMES) with tokens
+// redacted and bodies cut to 256 bytes.
+func (s *Server) logFrame(log *slog.Logger, dir string, f *frame.Frame) {
+	if !s.cfg.LogFrames {
+		return
+	}
+	attrs := make([]any, 0, 8)
+	attrs = append(attrs, "dir", dir, "command", f.Command)
+	hdr := make(map[string]string, f.Header.Len())
+	for i := 0; i < f.Header.Len(); i++ {
+		k, v := f.Header.GetAt(i)
+		switch k {
+		case frame.Passcode, "Authorization", "authorization", "access_token", "token":
+			v = "[redacted]"
+		}
+		hdr[k] = v
+	}
+	attrs = append(attrs, "headers", hdr)
+	body := f.Body
+	if len(body) > 256 {
+		body = body[:256]
+	}
+	if f.Header.Get(frame.Destination) == "/edge/refresh" {
+		body = []byte("[redacted]")
+	}
+	attrs = append(attrs, "body", string(body), "body_bytes", len(f.Body))
+	log.Info("frame", attrs...)
+}
