@@ -1,0 +1,40 @@
+# stompgate — the two commands a user needs are `make run` and `make test`.
+SHELL := /bin/bash
+GO ?= go
+export EDGE_JWT_HS256_SECRET ?= dev-only-secret-change-me-0123456789abcdef
+BIN := bin
+
+.PHONY: run test services build go-test fuzz e2e bench soak lint clean
+
+## run: prepare RabbitMQ + PostgreSQL, build, start the persister and the edge on :8080
+run: services build
+	@bash scripts/run.sh
+
+## test: every test against the real local RabbitMQ and PostgreSQL (< 10 min on 2 cores)
+test: services go-test fuzz e2e
+
+services:
+	@bash scripts/services.sh
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+go-test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 8m ./...
+
+## fuzz: a short run of each fuzz target on top of its seed corpus
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParser$$' -fuzztime 15s ./relay
+
+e2e: build
+	cd e2e && npm ci --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1
+
+## bench: long benchmarks, not part of CI (see docs/BENCHMARKS.md)
+bench: services build
+	$(GO) test -run '^$$' -bench . -benchmem ./relay ./persist
+	bash scripts/bench.sh
+
+clean:
+	rm -rf $(BIN)

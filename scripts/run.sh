@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make run`: starts the persister in the background and the edge in the
+# foreground on :8080 with a development HS256 secret, after printing the demo
+# page URL and a dev token. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${EDGE_JWT_HS256_SECRET:=dev-only-secret-change-me-0123456789abcdef}"
+export EDGE_JWT_HS256_SECRET
+export EDGE_DATABASE_URL="${EDGE_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/stompgate?sslmode=disable}"
+listen="${EDGE_LISTEN:-:8080}"
+port="${listen##*:}"
+token=$(bin/edgectl token --sub alice --ttl 24h --scope "subscribe:/topic/room.* send:/topic/room.* subscribe:/user/queue/* send:/app/room.*")
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+if [ -x bin/persister ]; then
+  bin/persister >> bin/persister.log 2>&1 &
+  pids+=($!)
+  echo "persister started (log: bin/persister.log)"
+fi
+cat <<MSG
+
+  stompgate edge: http://localhost:${port}/?token=${token}&autoconnect=1
+
+  dev token (sub=alice, 24h):
+  ${token}
+
+  more tokens:  EDGE_JWT_HS256_SECRET=${EDGE_JWT_HS256_SECRET} bin/edgectl token --sub bob --scope "subscribe:/topic/room.* send:/topic/room.*"
+  RabbitMQ management UI: http://localhost:15672 (guest/guest), vhost "stompgate"
+  metrics: http://localhost:${port}/metrics   readiness: http://localhost:${port}/readyz
+
+MSG
+bin/edge &
+pids+=($!)
+wait "${pids[-1]}"
