@@ -1,5 +1,8 @@
-// Command edgectl is the stompgate operator CLI. Today: `edgectl token`
-// mints a development JWT with the edge's HS256 secret.
+// Command edgectl is the stompgate operator CLI: `edgectl token` mints a
+// development JWT with the edge's HS256 secret; `edgectl revoke`,
+// `unrevoke` and `revocations` manage stompgate_revocations in
+// EDGE_DATABASE_URL (every edge closes a revoked subject's sessions within
+// 2 s).
 package main
 
 import (
@@ -25,18 +28,35 @@ func main() {
 const usage = `usage: edgectl <command> [flags]
 
 commands:
-  token   mint a development JWT signed with EDGE_JWT_HS256_SECRET
-          --sub S (required) --scope "send:/topic/# subscribe:/topic/#" --ttl 1h
-          --iss ISS --aud AUD
+  token        mint a development JWT signed with EDGE_JWT_HS256_SECRET
+               --sub S (required) --scope "ENTRIES" --ttl 1h --iss ISS --aud AUD --jti ID
+               scope entries are subscribe:<pattern>, send:<pattern>, declare:<pattern>;
+               in a pattern, after the prefix, '*' is one '.'-segment and '#' any number:
+                 --scope "subscribe:/topic/room.* send:/topic/room.*"
+                 --scope "subscribe:/topic/# send:/app/chat.# send:/user/*/queue/inbox"
+                 --scope "subscribe:/queue/jobs declare:/queue/jobs"
+  revoke       revoke a subject or one token; open sessions get ERROR revoked
+               --subject S | --jti J  [--until RFC3339|DURATION] [--reason R]
+  unrevoke     delete every revocation of a subject or a token
+               --subject S | --jti J
+  revocations  list stompgate_revocations (in force and expired)
+
+revoke, unrevoke and revocations use EDGE_DATABASE_URL (or --database URL).
 `
 
-func run(_ context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	if len(args) < 2 {
 		return fmt.Errorf("no command\n%s", usage)
 	}
 	switch args[1] {
 	case "token":
 		return token(args[2:], getenv, stdout)
+	case "revoke":
+		return revoke(ctx, args[2:], getenv, stdout)
+	case "unrevoke":
+		return unrevoke(ctx, args[2:], getenv, stdout)
+	case "revocations":
+		return revocations(ctx, args[2:], getenv, stdout)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -52,6 +72,7 @@ func token(args []string, getenv func(string) string, stdout io.Writer) error {
 	iss := fs.String("iss", getenv("EDGE_JWT_ISSUER"), "issuer claim")
 	aud := fs.String("aud", getenv("EDGE_JWT_AUDIENCE"), "audience claim")
 	secret := fs.String("secret", getenv("EDGE_JWT_HS256_SECRET"), "HS256 secret (default $EDGE_JWT_HS256_SECRET)")
+	jti := fs.String("jti", "", "token id (default: a new ULID); revoke one token with edgectl revoke --jti")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -66,7 +87,10 @@ func token(args []string, getenv func(string) string, stdout io.Writer) error {
 		"sub": *sub,
 		"iat": now.Unix(),
 		"exp": now.Add(*ttl).Unix(),
-		"jti": ulid.Make().String(),
+		"jti": *jti,
+	}
+	if *jti == "" {
+		claims["jti"] = ulid.Make().String()
 	}
 	if s := strings.TrimSpace(*scope); s != "" {
 		claims["scope"] = s
