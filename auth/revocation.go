@@ -179,8 +179,8 @@ func (s *RevocationStore) Status() RevocationStatus {
 		Subjects: len(snap.subjects), Tokens: len(snap.tokens)}
 }
 
-// Ready is closed once the first load succeeded. An edge may wait on it
-// (with a deadline) before accepting sessions.
+// Ready is closed once the first load succeeded and its callbacks ran. An
+// edge may wait on it (with a deadline) before accepting sessions.
 func (s *RevocationStore) Ready() <-chan struct{} { return s.ready }
 
 // Run loads the table, listens for changes and keeps the list current
@@ -327,12 +327,12 @@ func (s *RevocationStore) reload(ctx context.Context, conn *pgx.Conn) error {
 		cbs = append(cbs, f)
 	}
 	s.mu.Unlock()
-	s.readyOnce.Do(func() { close(s.ready) })
 	if len(ch.Subjects)+len(ch.TokenIDs) > 0 {
 		for _, f := range cbs {
 			f(ch)
 		}
 	}
+	s.readyOnce.Do(func() { close(s.ready) })
 	return nil
 }
 

@@ -1,0 +1,345 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stompgate/stompgate/persist"
+)
+
+// The revocation tests run against the real local Postgres (127.0.0.1:5432,
+// user postgres, trust), each in a database and with a login role of its
+// own, both dropped at the end.
+const pgAddr = "127.0.0.1:5432"
+
+type revEnv struct {
+	admin  *pgxpool.Pool // as postgres: writes rows, like edgectl
+	store  *pgxpool.Pool // as the test's own role: what the edge would use
+	role   string
+	dbName string
+}
+
+func randomName(prefix string) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+func adminExec(t testing.TB, sql string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, "postgres://postgres@"+pgAddr+"/postgres?sslmode=disable")
+	if err != nil {
+		t.Fatalf("connect to Postgres (is it up? bash scripts/services.sh): %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func newRevEnv(t *testing.T) *revEnv {
+	t.Helper()
+	e := &revEnv{dbName: randomName("sg_auth_"), role: randomName("sg_auth_r_")}
+	adminExec(t, "CREATE DATABASE "+e.dbName)
+	adminExec(t, "CREATE ROLE "+e.role+" LOGIN")
+	t.Cleanup(func() {
+		adminExec(t, "DROP DATABASE IF EXISTS "+e.dbName+" WITH (FORCE)")
+		adminExec(t, "DROP ROLE IF EXISTS "+e.role)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var err error
+	e.admin, err = pgxpool.New(ctx, "postgres://postgres@"+pgAddr+"/"+e.dbName+"?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.admin.Close)
+	if err := persist.Migrate(ctx, e.admin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.admin.Exec(ctx, "GRANT SELECT ON stompgate_revocations TO "+e.role); err != nil {
+		t.Fatal(err)
+	}
+	e.store, err = pgxpool.New(ctx, "postgres://"+e.role+"@"+pgAddr+"/"+e.dbName+"?sslmode=disable&application_name=stompgate-auth-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.store.Close)
+	return e
+}
+
+// run starts s and stops it when t ends, waiting for Run to return.
+func runStore(t *testing.T, s *RevocationStore) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-s.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("store not ready: %+v", s.Status())
+	}
+}
+
+// changes collects OnRevoke callbacks.
+type changes struct {
+	mu   sync.Mutex
+	subs []string
+	jtis []string
+}
+
+func (c *changes) record(ch RevocationChange) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.subs = append(c.subs, ch.Subjects...)
+	c.jtis = append(c.jtis, ch.TokenIDs...)
+}
+
+func (c *changes) has(sub, jti string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return (sub == "" || slices.Contains(c.subs, sub)) && (jti == "" || slices.Contains(c.jtis, jti))
+}
+
+func revoked(s *RevocationStore, sub, jti string, want bool) func() error {
+	return func() error {
+		if got, _ := s.IsRevoked(sub, jti); got != want {
+			return fmt.Errorf("IsRevoked(%q, %q) = %v", sub, jti, got)
+		}
+		return nil
+	}
+}
+
+func TestRevocationStore(t *testing.T) {
+	t.Parallel()
+	e := newRevEnv(t)
+	ctx := context.Background()
+	for _, r := range []Revocation{
+		{Subject: "pre", Reason: "left the company"},
+		{TokenID: "pre-jti", Until: time.Now().Add(time.Hour), Reason: "leaked"},
+		{Subject: "twice", Until: time.Now().Add(time.Hour), Reason: "short"},
+		{Subject: "twice", Reason: "long"},
+	} {
+		if _, err := Revoke(ctx, e.admin, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.admin.Exec(ctx, `INSERT INTO stompgate_revocations (subject, until) VALUES ('old', now() - interval '1 minute')`); err != nil {
+		t.Fatal(err)
+	}
+	var clock atomic.Int64 // offset added to the real time
+	s := NewRevocationStore(e.store, RevocationConfig{
+		Now: func() time.Time { return time.Now().Add(time.Duration(clock.Load())) },
+	})
+	var got changes
+	unregister := s.OnRevoke(got.record)
+	defer unregister()
+	runStore(t, s)
+	// The first load reports everything in force (no session can be open
+	// yet, but a reconnect reports what it missed the same way).
+	if !got.has("pre", "pre-jti") || got.has("old", "") {
+		t.Fatal("first load did not report what was in force")
+	}
+	got.mu.Lock()
+	got.subs, got.jtis = nil, nil
+	got.mu.Unlock()
+
+	for _, c := range []struct {
+		sub, jti, reason string
+		want             bool
+	}{
+		{"pre", "", "left the company", true},
+		{"", "pre-jti", "leaked", true},
+		{"someone", "pre-jti", "leaked", true},
+		{"twice", "", "long", true},
+		{"old", "", "", false},
+		{"alice", "", "", false},
+		{"", "", "", false},
+	} {
+		if ok, reason := s.IsRevoked(c.sub, c.jti); ok != c.want || reason != c.reason {
+			t.Errorf("IsRevoked(%q, %q) = %v %q", c.sub, c.jti, ok, reason)
+		}
+	}
+	st := s.Status()
+	if !st.Healthy || !s.Healthy() || st.LastErr != nil || st.LastSync.IsZero() || st.Subjects != 2 || st.Tokens != 1 {
+		t.Fatalf("status %+v", st)
+	}
+
+	// A revocation reaches the store, and its callbacks, within 2 s.
+	start := time.Now()
+	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "alice", Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, func() error {
+		if !got.has("alice", "") {
+			return errors.New("no callback for alice")
+		}
+		return revoked(s, "alice", "", true)()
+	})
+	t.Logf("revocation applied after %s", time.Since(start))
+	if _, err := Revoke(ctx, e.admin, Revocation{TokenID: "jti-1"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, func() error {
+		if !got.has("", "jti-1") {
+			return errors.New("no callback for jti-1")
+		}
+		return nil
+	})
+	if got.has("pre", "") || got.has("", "pre-jti") {
+		t.Fatal("a reload reported a revocation that was already in force")
+	}
+
+	// Unrevoke.
+	if n, err := Unrevoke(ctx, e.admin, "alice", ""); err != nil || n != 1 {
+		t.Fatalf("unrevoke: %d, %v", n, err)
+	}
+	waitFor(t, 2*time.Second, revoked(s, "alice", "", false))
+	if n, err := Unrevoke(ctx, e.admin, "nobody", ""); err != nil || n != 0 {
+		t.Fatalf("unrevoke nobody: %d, %v", n, err)
+	}
+
+	// A revocation with an end stops counting at its end without a reload.
+	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "bob", Until: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, revoked(s, "bob", "", true))
+	clock.Store(int64(2 * time.Hour))
+	if ok, _ := s.IsRevoked("bob", ""); ok {
+		t.Fatal("bob still revoked after until")
+	}
+	if ok, _ := s.IsRevoked("pre", ""); !ok {
+		t.Fatal("pre not revoked any more")
+	}
+	clock.Store(0)
+
+	// A burst of changes is applied.
+	for i := range 50 {
+		if _, err := Revoke(ctx, e.admin, Revocation{Subject: fmt.Sprintf("burst-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 2*time.Second, revoked(s, "burst-49", "", true))
+
+	rs, err := ListRevocations(ctx, e.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 5+1+1+50 || rs[0].Subject != "pre" || rs[1].TokenID != "pre-jti" || rs[1].Until.IsZero() || rs[0].CreatedAt.IsZero() {
+		t.Fatalf("list: %d rows, first %+v %+v", len(rs), rs[0], rs[1])
+	}
+
+	if _, err := Revoke(ctx, e.admin, Revocation{}); err == nil {
+		t.Fatal("revoke of nothing accepted")
+	}
+	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "a", TokenID: "b"}); err == nil {
+		t.Fatal("revoke of both accepted")
+	}
+	if _, err := Unrevoke(ctx, e.admin, "", ""); err == nil {
+		t.Fatal("unrevoke of nothing accepted")
+	}
+}
+
+// With the database unreachable the store keeps its last list, says so, and
+// catches up by itself once the database is back, including changes made
+// while it was away.
+func TestRevocationStoreDatabaseDown(t *testing.T) {
+	t.Parallel()
+	e := newRevEnv(t)
+	ctx := context.Background()
+	s := NewRevocationStore(e.store, RevocationConfig{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	var got changes
+	s.OnRevoke(got.record)
+	runStore(t, s)
+	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "alice", Reason: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, revoked(s, "alice", "", true))
+
+	// Down: the role may not log in any more, and its sessions are killed.
+	adminExec(t, "ALTER ROLE "+e.role+" NOLOGIN")
+	adminExec(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '"+e.role+"'")
+	waitFor(t, 5*time.Second, func() error {
+		if st := s.Status(); st.Healthy || st.LastErr == nil {
+			return fmt.Errorf("still healthy: %+v", st)
+		}
+		return nil
+	})
+	if ok, reason := s.IsRevoked("alice", ""); !ok || reason != "before" {
+		t.Fatal("last known list lost while the database is down")
+	}
+	// Changes while the edge cannot hear them.
+	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "carol"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Unrevoke(ctx, e.admin, "alice", ""); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.IsRevoked("carol", ""); ok {
+		t.Fatal("carol known while down?")
+	}
+	adminExec(t, "ALTER ROLE "+e.role+" LOGIN")
+	waitFor(t, 5*time.Second, func() error {
+		if !s.Healthy() {
+			return fmt.Errorf("not healthy: %+v", s.Status())
+		}
+		return nil
+	})
+	waitFor(t, 2*time.Second, revoked(s, "carol", "", true))
+	waitFor(t, 2*time.Second, revoked(s, "alice", "", false))
+	if !got.has("carol", "") {
+		t.Fatal("no callback for carol after the reconnect")
+	}
+	// And it listens again.
+	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "dave"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, revoked(s, "dave", "", true))
+}
+
+// Without a notification (a row written by hand) the periodic resync picks
+// the change up.
+func TestRevocationStoreResync(t *testing.T) {
+	t.Parallel()
+	e := newRevEnv(t)
+	s := NewRevocationStore(e.store, RevocationConfig{Resync: 200 * time.Millisecond})
+	runStore(t, s)
+	if _, err := e.admin.Exec(context.Background(), `INSERT INTO stompgate_revocations (subject) VALUES ('quiet')`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, revoked(s, "quiet", "", true))
+}
+
+func BenchmarkIsRevoked(b *testing.B) {
+	s := NewRevocationStore(nil, RevocationConfig{})
+	snap := &revocationSnapshot{subjects: map[string]revEntry{}, tokens: map[string]revEntry{}}
+	for i := range 10000 {
+		snap.subjects[fmt.Sprint("user-", i)] = revEntry{}
+	}
+	s.snap.Store(snap)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			s.IsRevoked("alice", "01JTOKEN")
+		}
+	})
+}
