@@ -1,5 +1,18 @@
-// Package auth holds the edge's security boundary: the Origin policy for
-// WebSocket upgrades, JWT verification, and where a token may come from.
+// Package auth holds the edge's security boundary (SPEC §3):
+//
+//   - OriginPolicy: which browser origins may open a WebSocket;
+//   - UpgradeToken, ConnectToken: where a token may come from;
+//   - Verifier: JWT verification (HS256 secret, PEM public keys or a JWKS
+//     URL) with an algorithm allow-list derived from the key;
+//   - ParseDestination: destination normalisation;
+//   - Rules (EDGE_ACL_FILE) and Permissions: who may subscribe, send and
+//     declare where, with the subset rule for wildcard subscriptions;
+//   - CheckHeaders, StampIdentity: the header firewall and identity headers;
+//   - RevocationStore: stompgate_revocations in memory, following LISTEN;
+//   - RateLimits: per-session and per-subject token buckets.
+//
+// Everything here is safe for concurrent use unless its type says
+// otherwise; nothing logs except through a logger passed in.
 package auth
 
 import (
