@@ -139,10 +139,10 @@ type stompLink struct {
 	conn   net.Conn
 	server string
 
-	mu      sync.Mutex // guards w and wrote
-	w       *bufio.Writer
-	wrote   bool // something was written since the last heart-beat tick
-	scratch []byte
+	mu        sync.Mutex // guards w and lastWrite
+	w         *bufio.Writer
+	lastWrite time.Time
+	scratch   []byte
 
 	parser      *Parser // owned by the reading goroutine
 	rbuf        []byte
@@ -157,7 +157,6 @@ func (l *stompLink) Write(f *frame.Frame) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.scratch = AppendFrame(l.scratch[:0], f, V12)
-	l.wrote = true
 	_, err := l.w.Write(l.scratch)
 	return err
 }
@@ -168,27 +167,31 @@ func (l *stompLink) Flush() error {
 	if l.w.Buffered() == 0 {
 		return nil
 	}
-	_ = l.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	l.lastWrite = time.Now()
+	_ = l.conn.SetWriteDeadline(l.lastWrite.Add(10 * time.Second))
 	return l.w.Flush()
 }
 
+// heartbeat sends an EOL whenever nothing was sent for half the negotiated
+// interval, checking at that half period, so the broker never waits longer
+// than the interval.
 func (l *stompLink) heartbeat() {
-	t := time.NewTicker(l.sendEvery)
+	t := time.NewTicker(l.sendEvery / 2)
 	defer t.Stop()
 	for {
 		select {
 		case <-l.stop:
 			return
-		case <-t.C:
+		case now := <-t.C:
+			l.mu.Lock()
+			if now.Sub(l.lastWrite) >= l.sendEvery/2 {
+				l.lastWrite = now
+				_ = l.conn.SetWriteDeadline(now.Add(10 * time.Second))
+				_, _ = l.w.Write([]byte{'\n'})
+				_ = l.w.Flush()
+			}
+			l.mu.Unlock()
 		}
-		l.mu.Lock()
-		if !l.wrote {
-			_ = l.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			_, _ = l.w.Write([]byte{'\n'})
-			_ = l.w.Flush()
-		}
-		l.wrote = false
-		l.mu.Unlock()
 	}
 }
 

@@ -190,10 +190,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess := newSession(s, ws, bc, token, s.log)
+	// Registration and the draining check share the lock with Drain/Close,
+	// so no session is added to the WaitGroup after they started waiting.
 	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		s.active.Add(-1)
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "shutting down"), time.Now().Add(time.Second))
+		_ = bc.w.Flush()
+		bc.Close()
+		return
+	}
 	s.sessions[sess] = struct{}{}
-	s.mu.Unlock()
 	s.wg.Add(1)
+	s.mu.Unlock()
 	s.metrics.SessionsActive.Inc()
 	s.metrics.SessionsTotal.Inc()
 	defer func() {
@@ -272,7 +282,9 @@ func (s *Server) ProbeBroker(ctx context.Context, interval time.Duration) {
 // DrainDelay, then closes open sessions spread evenly over DrainPeriod, each
 // with ERROR shutting_down, and returns when all have ended or ctx is done.
 func (s *Server) Drain(ctx context.Context) error {
+	s.mu.Lock()
 	s.draining.Store(true)
+	s.mu.Unlock()
 	s.log.Info("draining", "sessions", s.active.Load(), "delay", s.cfg.DrainDelay, "period", s.cfg.DrainPeriod)
 	select {
 	case <-ctx.Done():
@@ -311,8 +323,8 @@ func (s *Server) Drain(ctx context.Context) error {
 
 // Close ends every session at once (tests, and after Drain).
 func (s *Server) Close() {
-	s.draining.Store(true)
 	s.mu.Lock()
+	s.draining.Store(true)
 	for sess := range s.sessions {
 		sess.fail(CodeShuttingDown, "server shutting down; reconnect")
 	}

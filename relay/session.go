@@ -244,25 +244,31 @@ func (s *Session) send(f *frame.Frame) error {
 // writeLoop is the only goroutine that writes the WebSocket.
 func (s *Session) writeLoop() {
 	defer close(s.writerDone)
-	var beat <-chan time.Time
-	wrote := false
+	// Heart-beats: tick at half the negotiated interval and send an EOL when
+	// nothing was written for half of it, so the client never waits more
+	// than the interval it was promised.
+	var (
+		beat      <-chan time.Time
+		every     time.Duration
+		lastWrite = time.Now()
+	)
 	for {
 		select {
 		case <-s.wake:
-		case hb := <-s.hbSet:
-			t := time.NewTicker(hb)
+		case every = <-s.hbSet:
+			t := time.NewTicker(every / 2)
 			defer t.Stop()
 			beat = t.C
 			continue
-		case <-beat:
-			if !wrote {
-				_ = s.ws.SetWriteDeadline(time.Now().Add(s.srv.cfg.SendTimeLimit))
+		case now := <-beat:
+			if now.Sub(lastWrite) >= every/2 {
+				_ = s.ws.SetWriteDeadline(now.Add(s.srv.cfg.SendTimeLimit))
 				if s.ws.WriteMessage(websocket.TextMessage, []byte{'\n'}) != nil || s.bc.w.Flush() != nil {
 					s.abort("heart-beat write failed")
 					return
 				}
+				lastWrite = now
 			}
-			wrote = false
 			continue
 		}
 		s.mu.Lock()
@@ -281,7 +287,9 @@ func (s *Session) writeLoop() {
 		s.mu.Lock()
 		s.spare = batch[:0]
 		s.mu.Unlock()
-		wrote = wrote || len(batch) > 0
+		if len(batch) > 0 {
+			lastWrite = time.Now()
+		}
 		if err != nil {
 			if isTimeout(err) {
 				s.srv.metrics.Rejections.WithLabelValues(CodeSlowConsumer).Inc()
