@@ -220,6 +220,7 @@ func (a *Archiver) runSession(ctx context.Context, batches chan<- *batch) error 
 			timer.Reset(a.cfg.BatchWait)
 			timerC = timer.C
 		}
+		a.metrics.Received.Inc()
 		if d.Redelivered {
 			a.metrics.Redeliveries.Inc()
 		}
@@ -316,7 +317,11 @@ func (a *Archiver) settle(ctx context.Context, b *batch) {
 		a.metrics.WriteRetries.Inc()
 		a.metrics.Paused.Set(1)
 		wait := bo.next()
-		a.log.Warn("write batch failed, consumption paused", "err", err, "attempt", attempt,
+		level := slog.LevelDebug // one line per outage, then one per ten attempts
+		if attempt == 1 || attempt%10 == 0 {
+			level = slog.LevelWarn
+		}
+		a.log.Log(ctx, level, "write batch failed, consumption paused", "err", err, "attempt", attempt,
 			"messages", len(b.rows), "retry_in", wait)
 		select {
 		case <-ctx.Done():

@@ -13,6 +13,7 @@ type Metrics struct {
 	RowsWritten   prometheus.Counter
 	Duplicates    prometheus.Counter
 	DeadLetters   prometheus.Counter
+	Received      prometheus.Counter
 	Redeliveries  prometheus.Counter
 	WriteRetries  prometheus.Counter
 	Reconnects    prometheus.Counter
@@ -48,6 +49,10 @@ func NewMetrics(reg prometheus.Registerer, pool *pgxpool.Pool) *Metrics {
 			Namespace: ns, Subsystem: sub, Name: "dead_letters_total",
 			Help: "Messages the database refused, sent to the dead-letter queue.",
 		}),
+		Received: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "messages_received_total",
+			Help: "Deliveries received from the archive queue.",
+		}),
 		Redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "redeliveries_total",
 			Help: "Deliveries flagged as redelivered by RabbitMQ.",
@@ -74,7 +79,7 @@ func NewMetrics(reg prometheus.Registerer, pool *pgxpool.Pool) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.BatchSize, m.BatchDuration, m.RowsWritten, m.Duplicates, m.DeadLetters,
-		m.Redeliveries, m.WriteRetries, m.Reconnects, m.Paused, m.Consuming, m.QueueReady)
+		m.Received, m.Redeliveries, m.WriteRetries, m.Reconnects, m.Paused, m.Consuming, m.QueueReady)
 	if pool != nil {
 		stat := func(f func(*pgxpool.Stat) float64) func() float64 {
 			return func() float64 { return f(pool.Stat()) }

@@ -1,8 +1,8 @@
-// Package testenv gives persister tests isolated pieces of the real local
+// Package persisttest gives persister tests isolated pieces of the real local
 // services: a RabbitMQ vhost of their own (management HTTP API), a Postgres
 // database of their own, and a private, stoppable Postgres server. Nothing
 // here is a mock. Start the services with scripts/services.sh.
-package testenv
+package persisttest
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -225,15 +226,21 @@ func Count(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) (in
 	return n, err
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. It
+// is picked below Linux's ephemeral range (32768-60999), so that outgoing
+// connections of other tests do not take it while a server is restarted.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		port := 20000 + mrand.IntN(12000)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			ln.Close()
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free port found")
+	return 0
 }
 
 // PrivatePostgres is a Postgres server of one test, in a temporary data
