@@ -18,6 +18,7 @@ type Edge struct {
 
 	JWTSecret     string        // EDGE_JWT_HS256_SECRET (at least 32 bytes)
 	JWTPublicKeys []string      // EDGE_JWT_PUBLIC_KEYS, comma list of PEM files
+	JWKSURL       string        // EDGE_JWT_JWKS_URL, keys by kid, refreshed
 	JWTIssuer     string        // EDGE_JWT_ISSUER, checked when set
 	JWTAudience   string        // EDGE_JWT_AUDIENCE, checked when set
 	JWTLeeway     time.Duration // EDGE_JWT_LEEWAY, default 5s
@@ -45,6 +46,11 @@ type Edge struct {
 
 	TokenExpiryGrace time.Duration // EDGE_TOKEN_EXPIRY_GRACE, default 30s
 
+	ACLFile     string        // EDGE_ACL_FILE, default rules for every user (optional)
+	RateSession Rate          // EDGE_RATE_SESSION, messages/s per session, burst 2×, default 0 (unlimited)
+	RateUser    Rate          // EDGE_RATE_USER, messages/s per subject across its sessions, default 0 (unlimited)
+	RateMaxWait time.Duration // EDGE_RATE_MAX_WAIT, default 2s: longer waits close with rate_limited
+
 	DrainDelay  time.Duration // EDGE_DRAIN_DELAY, default 5s
 	DrainPeriod time.Duration // EDGE_DRAIN_PERIOD, default 30s
 
@@ -66,6 +72,7 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 		TokenCookie:        e.String("EDGE_TOKEN_COOKIE", "access_token"),
 		JWTSecret:          e.String("EDGE_JWT_HS256_SECRET", ""),
 		JWTPublicKeys:      e.List("EDGE_JWT_PUBLIC_KEYS", ""),
+		JWKSURL:            e.String("EDGE_JWT_JWKS_URL", ""),
 		JWTIssuer:          e.String("EDGE_JWT_ISSUER", ""),
 		JWTAudience:        e.String("EDGE_JWT_AUDIENCE", ""),
 		JWTLeeway:          e.Duration("EDGE_JWT_LEEWAY", 5*time.Second, 0),
@@ -87,6 +94,10 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 		AcceptRate:         e.Rate("EDGE_ACCEPT_RATE", 0),
 		MaxSessionsPerUser: e.Int("EDGE_MAX_SESSIONS_PER_USER", 20, 1),
 		TokenExpiryGrace:   e.Duration("EDGE_TOKEN_EXPIRY_GRACE", 30*time.Second, 0),
+		ACLFile:            e.String("EDGE_ACL_FILE", ""),
+		RateSession:        e.Rate("EDGE_RATE_SESSION", 0),
+		RateUser:           e.Rate("EDGE_RATE_USER", 0),
+		RateMaxWait:        e.Duration("EDGE_RATE_MAX_WAIT", 2*time.Second, 0),
 		DrainDelay:         e.Duration("EDGE_DRAIN_DELAY", 5*time.Second, 0),
 		DrainPeriod:        e.Duration("EDGE_DRAIN_PERIOD", 30*time.Second, 0),
 		DatabaseURL:        e.String("EDGE_DATABASE_URL", ""),
@@ -99,13 +110,21 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 			e.fail("EDGE_ALLOWED_ORIGINS", `a bare "*" would let every website open sessions with your users' cookies; list origins explicitly`)
 		}
 	}
+	sources := 0
+	for _, set := range []bool{c.JWTSecret != "", len(c.JWTPublicKeys) > 0, c.JWKSURL != ""} {
+		if set {
+			sources++
+		}
+	}
 	switch {
-	case c.JWTSecret == "" && len(c.JWTPublicKeys) == 0:
-		e.fail("EDGE_JWT_HS256_SECRET", "no JWT key configured: set EDGE_JWT_HS256_SECRET or EDGE_JWT_PUBLIC_KEYS")
-	case c.JWTSecret != "" && len(c.JWTPublicKeys) > 0:
-		e.fail("EDGE_JWT_PUBLIC_KEYS", "set either EDGE_JWT_HS256_SECRET or EDGE_JWT_PUBLIC_KEYS, not both")
+	case sources == 0:
+		e.fail("EDGE_JWT_HS256_SECRET", "no JWT key configured: set one of EDGE_JWT_HS256_SECRET, EDGE_JWT_PUBLIC_KEYS or EDGE_JWT_JWKS_URL")
+	case sources > 1:
+		e.fail("EDGE_JWT_PUBLIC_KEYS", "set only one of EDGE_JWT_HS256_SECRET, EDGE_JWT_PUBLIC_KEYS and EDGE_JWT_JWKS_URL")
 	case c.JWTSecret != "" && len(c.JWTSecret) < 32:
 		e.fail("EDGE_JWT_HS256_SECRET", "shorter than 32 bytes; HS256 secrets that short can be brute-forced")
+	case c.JWKSURL != "" && !strings.HasPrefix(c.JWKSURL, "https://") && !strings.HasPrefix(c.JWKSURL, "http://127.0.0.1") && !strings.HasPrefix(c.JWKSURL, "http://localhost"):
+		e.fail("EDGE_JWT_JWKS_URL", "must be https:// (plain http only for localhost)")
 	}
 	if len(c.BrokerAddrs) == 0 {
 		e.fail("EDGE_BROKER_ADDRS", "empty")

@@ -35,6 +35,18 @@ type Deps struct {
 	Logger   *slog.Logger
 	Now      func() time.Time
 	Version  string // reported in CONNECTED's server header
+
+	// Rules are the EDGE_ACL_FILE defaults for every user (nil: none).
+	Rules *auth.Rules
+	// Revocations answers whether a subject or token is revoked; nil when
+	// the edge runs without a database (revocation off).
+	Revocations Revocations
+}
+
+// Revocations is the part of auth.RevocationStore the relay uses.
+type Revocations interface {
+	IsRevoked(sub, jti string) (bool, string)
+	Healthy() bool
 }
 
 // Server accepts WebSocket upgrades on /ws and runs sessions. It is safe for
@@ -49,6 +61,9 @@ type Server struct {
 	now      func() time.Time
 	version  string
 	limits   Limits
+	rules    *auth.Rules
+	revoked  Revocations
+	rates    *auth.RateLimits
 	upgrader websocket.Upgrader
 	accept   *rate.Limiter // nil = unlimited
 
@@ -79,6 +94,10 @@ func NewServer(base context.Context, d Deps) *Server {
 		log:      d.Logger,
 		now:      d.Now,
 		version:  d.Version,
+		rules:    d.Rules,
+		revoked:  d.Revocations,
+		rates: auth.NewRateLimits(d.Config.RateSession.PerSecond, d.Config.RateSession.Burst,
+			d.Config.RateUser.PerSecond, d.Config.RateUser.Burst),
 		limits: Limits{
 			MaxFrameBytes:  d.Config.MaxFrameBytes,
 			MaxHeaders:     d.Config.MaxHeaders,
@@ -122,12 +141,24 @@ type ReadyDetail struct {
 	Broker   string `json:"broker"`
 	Draining bool   `json:"draining"`
 	Sessions int64  `json:"sessions"`
+	// Revocations is "off" without EDGE_DATABASE_URL, "ok", or "stale" when
+	// the database is unreachable and the last known list is in force (the
+	// edge stays ready: refusing everyone would be worse).
+	Revocations string `json:"revocations"`
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	d := ReadyDetail{Broker: "up", Draining: s.draining.Load(), Sessions: s.active.Load()}
 	if !s.brokerUp.Load() {
 		d.Broker = "down"
+	}
+	switch {
+	case s.revoked == nil:
+		d.Revocations = "off"
+	case s.revoked.Healthy():
+		d.Revocations = "ok"
+	default:
+		d.Revocations = "stale"
 	}
 	d.Ready = d.Broker == "up" && !d.Draining
 	w.Header().Set("Content-Type", "application/json")
@@ -331,6 +362,34 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 	s.wg.Wait()
 	s.cancel()
+}
+
+// Revoke closes, with ERROR revoked, every session of the given subjects or
+// token ids. The revocation store calls it when a revocation comes into force.
+func (s *Server) Revoke(subjects, tokenIDs []string) {
+	if len(subjects) == 0 && len(tokenIDs) == 0 {
+		return
+	}
+	subs := make(map[string]bool, len(subjects))
+	for _, v := range subjects {
+		subs[v] = true
+	}
+	jtis := make(map[string]bool, len(tokenIDs))
+	for _, v := range tokenIDs {
+		jtis[v] = true
+	}
+	s.mu.Lock()
+	var hit []*Session
+	for sess := range s.sessions {
+		sub, jti := sess.who()
+		if (sub != "" && subs[sub]) || (jti != "" && jtis[jti]) {
+			hit = append(hit, sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range hit {
+		sess.fail(CodeRevoked, "access revoked by an operator")
+	}
 }
 
 // logFrame writes the opt-in frame trace (EDGE_LOG_FRAMES) with tokens

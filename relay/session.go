@@ -41,6 +41,8 @@ type Session struct {
 	parser    *Parser
 	connected bool
 	ident     auth.Identity
+	perms     *auth.Permissions
+	limiter   *auth.SessionLimiter
 	subs      map[string]struct{}
 	link      BrokerLink
 	rbuf      []byte
@@ -61,6 +63,8 @@ type Session struct {
 	final     []byte // ERROR frame written after the queue, before the close
 	closeCode int
 	pongs     [][]byte
+	subject   string // identity for Server.Revoke, set at CONNECT and refresh
+	tokenID   string
 	// wake signals the writer that the queue changed. Capacity 1: signals
 	// coalesce, and a send never blocks (select with default).
 	wake chan struct{}
@@ -69,6 +73,9 @@ type Session struct {
 	hbSet chan time.Duration
 
 	disconnectReceipt atomic.Pointer[string]
+	// closeAt is when the session ends for an expired token (exp + grace),
+	// in Unix nanoseconds; a refresh moves it.
+	closeAt atomic.Int64
 	closeOnce         sync.Once
 	readerDone        chan struct{}
 	writerDone        chan struct{}
@@ -144,6 +151,9 @@ func (s *Session) serve() {
 	}
 	if s.userSlot != "" {
 		s.srv.releaseUser(s.userSlot)
+	}
+	if s.limiter != nil {
+		s.limiter.Close()
 	}
 	s.stop()
 }
@@ -468,9 +478,8 @@ func (s *Session) handle(f *frame.Frame) error {
 		}
 		return s.connect(f)
 	}
-	if now := s.srv.now(); now.After(s.ident.Expiry) {
-		s.fail(CodeTokenExpired, "token expired at "+s.ident.Expiry.UTC().Format(time.RFC3339))
-		return errSessionClosing
+	if now := s.srv.now(); now.After(s.ident.Expiry) && !isRefresh(f) {
+		return s.refuse(CodeTokenExpired, "token expired at "+s.ident.Expiry.UTC().Format(time.RFC3339)+"; SEND a fresh one to /edge/refresh")
 	}
 	switch f.Command {
 	case frame.CONNECT, frame.STOMP:
@@ -545,11 +554,21 @@ func (s *Session) connect(f *frame.Frame) error {
 	if err != nil {
 		return s.refuse(CodeUnauthenticated, authMessage(err))
 	}
+	perms, err := auth.NewPermissions(ident, s.srv.rules)
+	if err != nil {
+		return s.refuse(CodeUnauthenticated, "invalid token subject")
+	}
+	// Identity is published before the revocation check, so a revocation
+	// landing in between is seen by one or the other.
+	s.setIdentity(ident, perms)
+	if revoked, reason := s.isRevoked(); revoked {
+		return s.refuse(CodeRevoked, "access revoked: "+reason)
+	}
 	if !s.srv.acquireUser(ident.Subject) {
 		return s.refuse(CodeTooManySessions, fmt.Sprintf("more than %d sessions for this user", s.srv.cfg.MaxSessionsPerUser))
 	}
 	s.userSlot = ident.Subject
-	s.ident = ident
+	s.limiter = s.srv.rates.Session(ident.Subject)
 	s.log = s.log.With("sub", ident.Subject)
 
 	link, err := s.srv.dialer.Dial(s.ctx)
@@ -575,10 +594,7 @@ func (s *Session) connect(f *frame.Frame) error {
 		s.hbSet <- sendEvery
 	}
 	s.connected = true
-	left := time.Until(ident.Expiry) + s.srv.cfg.TokenExpiryGrace
-	s.expiry = time.AfterFunc(left, func() {
-		s.fail(CodeTokenExpired, "token expired; refresh it before exp")
-	})
+	s.expiry = time.AfterFunc(time.Until(ident.Expiry)+s.srv.cfg.TokenExpiryGrace, s.expire)
 
 	connected := frame.New(frame.CONNECTED,
 		frame.HeartBeat, strconv.FormatInt(sendEvery.Milliseconds(), 10)+","+strconv.FormatInt(hb.Milliseconds(), 10),
@@ -612,45 +628,147 @@ func authMessage(err error) string {
 	return "invalid token"
 }
 
-// destinationPrefixes are the destination kinds a client may name (SPEC §4).
-var destinationPrefixes = []string{"/topic/", "/queue/", "/exchange/", "/amq/queue/", "/temp-queue/", "/reply-queue/", "/app/", "/user/"}
-
-func validDestination(d string) bool {
-	for _, p := range destinationPrefixes {
-		if strings.HasPrefix(d, p) && len(d) > len(p) {
-			return true
-		}
-	}
-	return false
+func (s *Session) setIdentity(id auth.Identity, perms *auth.Permissions) {
+	s.ident, s.perms = id, perms
+	s.closeAt.Store(id.Expiry.Add(s.srv.cfg.TokenExpiryGrace).UnixNano())
+	s.mu.Lock()
+	s.subject, s.tokenID = id.Subject, id.TokenID
+	s.mu.Unlock()
 }
 
+// who returns the identity Server.Revoke matches against.
+func (s *Session) who() (sub, jti string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.subject, s.tokenID
+}
+
+func (s *Session) isRevoked() (bool, string) {
+	if s.srv.revoked == nil {
+		return false, ""
+	}
+	return s.srv.revoked.IsRevoked(s.ident.Subject, s.ident.TokenID)
+}
+
+// expire runs on the expiry timer: it closes the session unless a refresh
+// moved the deadline, in which case it waits for the new one.
+func (s *Session) expire() {
+	if left := time.Until(time.Unix(0, s.closeAt.Load())); left > 0 {
+		s.expiry.Reset(left)
+		return
+	}
+	s.fail(CodeTokenExpired, "token expired; SEND a fresh one to /edge/refresh before exp")
+}
+
+func isRefresh(f *frame.Frame) bool {
+	return f.Command == frame.SEND && f.Header.Get(frame.Destination) == auth.EdgeRefresh
+}
+
+func (s *Session) destination(f *frame.Frame) (auth.Destination, error) {
+	d, err := auth.ParseDestination(f.Header.Get(frame.Destination))
+	if err != nil {
+		return d, s.refuse(CodeForbidden, err.Error())
+	}
+	return d, nil
+}
+
+// onSend re-checks every SEND in SPEC §3 order: expiry (handle), revocation,
+// destination and permission, header firewall, size (the parser), rate.
 func (s *Session) onSend(f *frame.Frame) error {
-	d := f.Header.Get(frame.Destination)
-	if !validDestination(d) {
-		return s.refuse(CodeForbidden, "destination "+strconv.Quote(truncate(d, 128))+" is not allowed")
+	if revoked, reason := s.isRevoked(); revoked {
+		return s.refuse(CodeRevoked, "access revoked: "+reason)
+	}
+	d, err := s.destination(f)
+	if err != nil {
+		return err
+	}
+	if d.Kind == auth.KindEdgeRefresh {
+		return s.refresh(f)
+	}
+	if !s.perms.CanDestination(auth.Send, d) {
+		return s.refuse(CodeForbidden, "no send permission for "+d.Raw)
+	}
+	if err := auth.CheckHeaders(f.Header, d, s.perms); err != nil {
+		return s.refuse(CodeForbidden, err.Error())
+	}
+	if err := s.rateLimit(); err != nil {
+		return err
 	}
 	// Identity is stamped by the edge, never taken from the client.
-	f.Header.Del("x-user-id")
-	f.Header.Del("user-id")
-	f.Header.Del("app-id")
-	f.Header.Add("x-user-id", s.ident.Subject)
-	if f.Header.Get("amqp-message-id") == "" {
-		f.Header.Set("amqp-message-id", ulid.Make().String())
+	auth.StampIdentity(f.Header, s.ident.Subject)
+	if d.Kind == auth.KindApp {
+		// Journaled destination (SPEC §6): persisted before it is broadcast.
+		f.Header.Set(frame.Destination, "/exchange/stompgate.ingest/"+strings.TrimPrefix(d.Raw, "/app/"))
 	}
 	return s.relay(f)
 }
 
+// rateLimit applies the session and per-user budgets: while over budget the
+// reader stops reading this socket (backpressure); a wait longer than
+// EDGE_RATE_MAX_WAIT closes the session with rate_limited.
+func (s *Session) rateLimit() error {
+	wait, ok := s.limiter.Reserve(s.srv.now(), s.srv.cfg.RateMaxWait)
+	if !ok {
+		return s.refuse(CodeRateLimited, "sending faster than the allowed rate")
+	}
+	if wait > 0 {
+		if err := s.link.Flush(); err != nil {
+			s.brokerLost(err)
+			return errSessionClosing
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			return errSessionClosing
+		}
+	}
+	return nil
+}
+
+// refresh replaces the session's token with the one in the body (same sub
+// only). It is answered by the edge and never relayed.
+func (s *Session) refresh(f *frame.Frame) error {
+	ident, err := s.srv.verifier.Verify(strings.TrimSpace(string(f.Body)))
+	if err != nil {
+		return s.refuse(CodeUnauthenticated, "refresh: "+authMessage(err))
+	}
+	if ident.Subject != s.ident.Subject {
+		return s.refuse(CodeForbidden, "refresh: the new token is for another subject")
+	}
+	perms, err := auth.NewPermissions(ident, s.srv.rules)
+	if err != nil {
+		return s.refuse(CodeUnauthenticated, "refresh: invalid token subject")
+	}
+	s.setIdentity(ident, perms)
+	if revoked, reason := s.isRevoked(); revoked {
+		return s.refuse(CodeRevoked, "access revoked: "+reason)
+	}
+	s.log.Debug("token refreshed", "exp", ident.Expiry)
+	if r := f.Header.Get(frame.Receipt); r != "" {
+		return s.send(frame.New(frame.RECEIPT, frame.ReceiptId, r))
+	}
+	return nil
+}
+
 func (s *Session) onSubscribe(f *frame.Frame) error {
-	d := f.Header.Get(frame.Destination)
-	if !validDestination(d) {
-		return s.refuse(CodeForbidden, "destination "+strconv.Quote(truncate(d, 128))+" is not allowed")
+	d, err := s.destination(f)
+	if err != nil {
+		return err
+	}
+	if d.Kind == auth.KindEdgeRefresh || !s.perms.CanDestination(auth.Subscribe, d) {
+		return s.refuse(CodeForbidden, "no subscribe permission for "+d.Raw)
+	}
+	if err := auth.CheckHeaders(f.Header, d, s.perms); err != nil {
+		return s.refuse(CodeForbidden, err.Error())
 	}
 	id := f.Header.Get(frame.Id)
 	if id == "" {
 		if Version(s.version.Load()) >= V11 {
 			return s.refuse(CodeBadFrame, "SUBSCRIBE needs an id header")
 		}
-		id = d
+		id = d.Raw
 	}
 	if _, dup := s.subs[id]; !dup && len(s.subs) >= s.srv.cfg.MaxSubscriptions {
 		return s.refuse(CodeTooManySubscriptions, fmt.Sprintf("at most %d subscriptions per session", s.srv.cfg.MaxSubscriptions))

@@ -17,12 +17,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/persist"
 	"github.com/stompgate/stompgate/relay"
 	"github.com/stompgate/stompgate/web"
 )
@@ -51,17 +53,35 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	if err != nil {
 		return fmt.Errorf("EDGE_ALLOWED_ORIGINS: %w", err)
 	}
-	verifier, err := auth.NewVerifier(auth.VerifierConfig{
+	verifier, err := auth.NewVerifierContext(ctx, auth.VerifierConfig{
 		HS256Secret:    []byte(cfg.JWTSecret),
 		PublicKeyFiles: cfg.JWTPublicKeys,
+		JWKSURL:        cfg.JWKSURL,
 		Issuer:         cfg.JWTIssuer,
 		Audience:       cfg.JWTAudience,
 		Leeway:         cfg.JWTLeeway,
+		Logger:         log,
 	}, time.Now)
 	if err != nil {
 		return fmt.Errorf("EDGE_JWT_*: %w", err)
 	}
+	defer verifier.Close()
+	rules, err := auth.LoadRules(cfg.ACLFile)
+	if err != nil {
+		return fmt.Errorf("EDGE_ACL_FILE: %w", err)
+	}
 	reg := prometheus.NewRegistry()
+	var revocations relay.Revocations
+	if cfg.DatabaseURL != "" {
+		store, stopStore, err := startRevocations(ctx, cfg.DatabaseURL, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stopStore()
+		revocations = store
+	} else {
+		log.Warn("EDGE_DATABASE_URL not set: revocation and history are off")
+	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv := relay.NewServer(context.Background(), relay.Deps{
 		Config:   cfg,
@@ -76,7 +96,14 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		Logger:  log,
 		Now:     time.Now,
 		Version: version,
+
+		Rules:       rules,
+		Revocations: revocations,
 	})
+	if store, ok := revocations.(*auth.RevocationStore); ok {
+		unregister := store.OnRevoke(func(c auth.RevocationChange) { srv.Revoke(c.Subjects, c.TokenIDs) })
+		defer unregister()
+	}
 	mux := http.NewServeMux()
 	srv.Routes(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -110,6 +137,69 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	stopProbe()
 	log.Info("edge stopped")
 	return drainErr
+}
+
+// startRevocations connects to Postgres, applies the migrations and follows
+// stompgate_revocations. It waits up to 10s for the first load so that a
+// revoked user cannot slip in during start; if the database is not
+// reachable by then the edge starts anyway, reports "stale" in /readyz and
+// keeps trying.
+func startRevocations(ctx context.Context, url string, reg prometheus.Registerer, log *slog.Logger) (*auth.RevocationStore, func(), error) {
+	pcfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, nil, fmt.Errorf("EDGE_DATABASE_URL: %w", err)
+	}
+	pcfg.MaxConns = 4
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("EDGE_DATABASE_URL: %w", err)
+	}
+	store := auth.NewRevocationStore(pool, auth.RevocationConfig{Logger: log})
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stompgate_revocations_healthy",
+			Help: "1 while the revocation list is in sync with Postgres; 0 while the last known list is in force."},
+			func() float64 { return boolFloat(store.Healthy()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stompgate_revocations_active",
+			Help: "Subjects and token ids currently revoked."},
+			func() float64 { st := store.Status(); return float64(st.Subjects + st.Tokens) }),
+	)
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Migrations first (they create stompgate_revocations), retried
+		// with backoff while the database is unreachable.
+		for wait := 250 * time.Millisecond; ; wait = min(2*wait, 15*time.Second) {
+			mctx, mcancel := context.WithTimeout(runCtx, 10*time.Second)
+			err := persist.Migrate(mctx, pool)
+			mcancel()
+			if err == nil {
+				break
+			}
+			log.Warn("revocations: migrate failed; retrying", "err", err, "in", wait)
+			select {
+			case <-runCtx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		_ = store.Run(runCtx)
+	}()
+	select {
+	case <-store.Ready():
+		log.Info("revocations loaded", "subjects", store.Status().Subjects, "tokens", store.Status().Tokens)
+	case <-time.After(10 * time.Second):
+		log.Error("revocations: not loaded within 10s; starting with an empty list and retrying")
+	case <-ctx.Done():
+	}
+	return store, func() { cancel(); <-done; pool.Close() }, nil
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func newLogger(cfg config.Edge, w io.Writer) *slog.Logger {

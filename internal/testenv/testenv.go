@@ -5,8 +5,10 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"io"
 	"net/http"
 	"net/url"
@@ -89,11 +91,16 @@ func AMQPURL(vhost string) string {
 	return "amqp://guest:guest@" + AMQPHost + "/" + url.PathEscape(vhost)
 }
 
+// AllScopes grants what relay tests exercise: topics, queues, the temp and
+// reply queues RabbitMQ hands out, and journaled /app/ destinations.
+const AllScopes = "subscribe:/topic/# send:/topic/# subscribe:/queue/# send:/queue/# " +
+	"subscribe:/amq/queue/# send:/amq/queue/# send:/reply-queue/# send:/app/#"
+
 // Token mints an HS256 token with Secret. claims override the defaults
-// (sub, exp in one hour, jti).
+// (sub, exp in one hour, jti, scope AllScopes); a nil value removes a claim.
 func Token(t testing.TB, sub string, claims jwt.MapClaims) string {
 	t.Helper()
-	c := jwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix(), "jti": ulid.Make().String()}
+	c := jwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix(), "jti": ulid.Make().String(), "scope": AllScopes}
 	for k, v := range claims {
 		if v == nil {
 			delete(c, k)
@@ -153,4 +160,37 @@ func Connections(vhost string) ([]Connection, error) {
 		return nil, err
 	}
 	return cs, nil
+}
+
+// PostgresURL is the local PostgreSQL server (trust auth, user postgres).
+var PostgresURL = envOr("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+
+// Database creates a PostgreSQL database for this test only, dropped when
+// the test ends, and returns its URL.
+func Database(t testing.TB) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, PostgresURL)
+	if err != nil {
+		t.Fatalf("connect to postgres: %v", err)
+	}
+	defer admin.Close(context.Background())
+	name := "sg_test_" + strings.ToLower(ulid.Make().String())
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, PostgresURL)
+		if err != nil {
+			return
+		}
+		defer c.Close(ctx)
+		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+	})
+	u, _ := url.Parse(PostgresURL)
+	u.Path = "/" + name
+	return u.String()
 }
