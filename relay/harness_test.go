@@ -76,10 +76,17 @@ func baseEnv(vhost string) map[string]string {
 	}
 }
 
-// startEdge starts an edge; env overrides the defaults of baseEnv.
+// startEdge starts an edge on a vhost of its own; env overrides the
+// defaults of baseEnv.
 func startEdge(t *testing.T, env map[string]string) *edge {
 	t.Helper()
-	vhost := testenv.Vhost(t)
+	return startEdgeWith(t, testenv.Vhost(t), env, nil)
+}
+
+// startEdgeWith starts an edge on vhost; deps, when set, adjusts its
+// dependencies before the server is built.
+func startEdgeWith(t *testing.T, vhost string, env map[string]string, deps func(*Deps)) *edge {
+	t.Helper()
 	vars := baseEnv(vhost)
 	for k, v := range env {
 		vars[k] = v
@@ -92,20 +99,24 @@ func startEdge(t *testing.T, env map[string]string) *edge {
 	if err != nil {
 		t.Fatal(err)
 	}
-	verifier, err := auth.NewVerifier(auth.VerifierConfig{HS256Secret: []byte(cfg.JWTSecret), Leeway: cfg.JWTLeeway}, time.Now)
+	verifier, err := auth.NewVerifier(auth.VerifierConfig{HS256Secret: []byte(cfg.JWTSecret), PublicKeyFiles: cfg.JWTPublicKeys, Leeway: cfg.JWTLeeway}, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
 	m := NewMetrics(prometheus.NewRegistry())
-	srv := NewServer(context.Background(), Deps{
+	d := Deps{
 		Config: cfg, Verifier: verifier, Origins: origins, Metrics: m,
 		Dialer: NewBrokerDialer(BrokerConfig{Addrs: cfg.BrokerAddrs, Login: cfg.BrokerLogin, Passcode: cfg.BrokerPasscode,
 			Vhost: cfg.BrokerVhost, Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout, MaxFrameBytes: 16 << 20}),
 		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:     time.Now,
 		Version: "test",
-	})
+	}
+	if deps != nil {
+		deps(&d)
+	}
+	srv := NewServer(context.Background(), d)
 	mux := http.NewServeMux()
 	srv.Routes(mux)
 	hs := httptest.NewServer(mux)

@@ -75,11 +75,11 @@ type Session struct {
 	disconnectReceipt atomic.Pointer[string]
 	// closeAt is when the session ends for an expired token (exp + grace),
 	// in Unix nanoseconds; a refresh moves it.
-	closeAt atomic.Int64
-	closeOnce         sync.Once
-	readerDone        chan struct{}
-	writerDone        chan struct{}
-	brokerDone        chan struct{}
+	closeAt    atomic.Int64
+	closeOnce  sync.Once
+	readerDone chan struct{}
+	writerDone chan struct{}
+	brokerDone chan struct{}
 }
 
 type outFrame struct {
