@@ -14,9 +14,11 @@ CREATE TABLE stompgate_messages (
     published_at timestamptz NOT NULL,
     persisted_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT stompgate_messages_sender_message_id_key UNIQUE (sender, message_id),
-    CONSTRAINT stompgate_messages_stream_seq_key UNIQUE (stream, seq),
     CONSTRAINT stompgate_messages_seq_needs_stream CHECK ((stream IS NULL) = (seq IS NULL))
 );
+-- Journal rows are unique per (stream, seq). Partial, so archive rows
+-- (stream NULL) cost no entry in it.
+CREATE UNIQUE INDEX stompgate_messages_stream_seq_key ON stompgate_messages (stream, seq) WHERE stream IS NOT NULL;
 -- History by destination without seq (after_id/before_id cursors).
 CREATE INDEX stompgate_messages_routing_key_id ON stompgate_messages (exchange, routing_key, id);
 

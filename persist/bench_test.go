@@ -1,0 +1,157 @@
+package persist_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/persist"
+	"github.com/stompgate/stompgate/persist/persisttest"
+)
+
+// Benchmarks of the archive against the real local RabbitMQ and Postgres;
+// docs/BENCHMARKS-persister.md has the command and the numbers. Each run
+// preloads b.N messages of 256 bytes into the archive queue, then times
+// draining them: BenchmarkRawConsume with a plain amqp091 consumer that
+// only acks (the ceiling the broker gives one consumer), BenchmarkArchive
+// with the Archiver writing them to Postgres. Both report msgs/s.
+
+const benchBody = 256
+
+func benchTopology() persist.Topology {
+	return persist.Topology{Queue: "stompgate.archive", DLX: "stompgate.dlx", DLQ: "stompgate.archive.dlq",
+		Bindings: []string{"#"}, DeliveryLimit: 5}
+}
+
+// preload declares the archive topology in vhost and publishes n messages
+// of benchBody bytes to it (confirmed).
+func preload(b *testing.B, vhost string, n int) {
+	b.Helper()
+	conn := persisttest.Dial(b, vhost)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := benchTopology().Declare(ch); err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	body := make([]byte, benchBody)
+	for i := range body {
+		body[i] = 'a' + byte(i%26)
+	}
+	var dcs []*amqp.DeferredConfirmation
+	for i := range n {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "amq.topic", "bench.room", false, false,
+			amqp.Publishing{MessageId: "bench-" + strconv.Itoa(i), ContentType: "text/plain", Body: body})
+		if err != nil {
+			b.Fatal(err)
+		}
+		dcs = append(dcs, dc)
+		if len(dcs) == 1000 || i == n-1 {
+			for _, dc := range dcs {
+				if !dc.Wait() {
+					b.Fatal("publish nacked")
+				}
+			}
+			dcs = dcs[:0]
+		}
+	}
+}
+
+// BenchmarkRawConsume drains the queue with a plain consumer: prefetch
+// 1000, ack (multiple) every 500 messages — the persister's pattern minus
+// Postgres.
+func BenchmarkRawConsume(b *testing.B) {
+	vhost := persisttest.Vhost(b)
+	preload(b, vhost, b.N)
+	conn := persisttest.Dial(b, vhost)
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.Qos(1000, 0, false); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	deliveries, err := ch.Consume("stompgate.archive", "bench", false, false, false, false, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := 1; i <= b.N; i++ {
+		d := <-deliveries
+		if i%500 == 0 || i == b.N {
+			if err := d.Ack(true); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	ch.Close()
+}
+
+// BenchmarkArchive drains the queue into Postgres with the Archiver, for
+// both write modes and several batch sizes.
+func BenchmarkArchive(b *testing.B) {
+	for _, mode := range []string{config.WriteModeCopy, config.WriteModeInsert} {
+		for _, size := range []int{1, 100, 500} {
+			b.Run(fmt.Sprintf("mode=%s/batch=%d", mode, size), func(b *testing.B) {
+				benchArchive(b, mode, size)
+			})
+		}
+	}
+}
+
+func benchArchive(b *testing.B, mode string, size int) {
+	vhost := persisttest.Vhost(b)
+	dbURL := persisttest.DB(b)
+	cfg, err := config.LoadPersister(persisttest.Env(map[string]string{
+		"PERSIST_AMQP_URL":     persisttest.AMQPURL(vhost),
+		"PERSIST_DATABASE_URL": dbURL,
+		"PERSIST_BATCH_SIZE":   strconv.Itoa(size),
+		"PERSIST_WRITE_MODE":   mode,
+	}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	pool := persisttest.Pool(b, dbURL)
+	ctx := context.Background()
+	if err := persist.Migrate(ctx, pool); err != nil {
+		b.Fatal(err)
+	}
+	preload(b, vhost, b.N)
+	m := persist.NewMetrics(prometheus.NewRegistry(), pool)
+	a := persist.NewArchiver(cfg, persist.NewWriter(pool, mode), m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1) // Run's result
+	b.ResetTimer()
+	start := time.Now()
+	go func() { done <- a.Run(rctx) }()
+	for testutil.ToFloat64(m.RowsWritten) < float64(b.N) {
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	if n, err := persisttest.Count(ctx, pool, "SELECT count(*) FROM stompgate_messages"); err != nil || n != b.N {
+		b.Fatalf("%d rows, want %d (%v)", n, b.N, err)
+	}
+}
