@@ -79,13 +79,20 @@ export function deferred() {
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 
 /**
+ * Permissions the tests' users get unless a test passes its own `scope`:
+ * topics and queues, and the reply queues RabbitMQ hands out for
+ * /temp-queue/ request/reply (SPEC §3 scope entries).
+ */
+export const DEFAULT_SCOPE = 'subscribe:/topic/# send:/topic/# subscribe:/queue/# send:/queue/# send:/reply-queue/#';
+
+/**
  * Signs claims as an HS256 JWT. sub and exp default to a random subject and
- * one hour from now; pass exp explicitly (seconds since the epoch) to test
- * expiry.
+ * one hour from now, scope to DEFAULT_SCOPE; pass exp explicitly (seconds
+ * since the epoch) to test expiry.
  */
 export function mintToken(secret, claims = {}) {
   const now = Math.floor(Date.now() / 1000);
-  const payload = { sub: claims.sub ?? 'user-' + randomBytes(3).toString('hex'), iat: now, exp: now + 3600, ...claims };
+  const payload = { sub: claims.sub ?? 'user-' + randomBytes(3).toString('hex'), iat: now, exp: now + 3600, scope: DEFAULT_SCOPE, ...claims };
   const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })) + '.' + b64url(JSON.stringify(payload));
   return head + '.' + createHmac('sha256', secret).update(head).digest('base64url');
 }
