@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stompgate/stompgate/internal/testenv"
+)
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func TestRunRefusesBadSettings(t *testing.T) {
+	env := map[string]string{"EDGE_JWT_HS256_SECRET": testenv.Secret, "EDGE_ALLOWED_ORIGINS": "*", "EDGE_DRAIN_PERIOD": "soon"}
+	err := run(context.Background(), nil, func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "EDGE_ALLOWED_ORIGINS") || !strings.Contains(err.Error(), "EDGE_DRAIN_PERIOD") {
+		t.Fatalf("error %v should name both bad variables", err)
+	}
+}
+
+func TestRunServesAndDrains(t *testing.T) {
+	vhost := testenv.Vhost(t)
+	env := map[string]string{
+		"EDGE_JWT_HS256_SECRET": testenv.Secret, "EDGE_LISTEN": "127.0.0.1:0",
+		"EDGE_BROKER_LOGIN": "guest", "EDGE_BROKER_PASSCODE": "guest", "EDGE_BROKER_VHOST": vhost,
+		"EDGE_DATABASE_URL": testenv.Database(t), "EDGE_DRAIN_DELAY": "0s", "EDGE_DRAIN_PERIOD": "0s",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuf{}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out) }()
+	var addr string
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String())
+		if m == nil {
+			return fmt.Errorf("not listening yet: %s", out.String())
+		}
+		addr = m[1]
+		return nil
+	})
+	for path, want := range map[string]string{"/healthz": "ok", "/readyz": `"revocations":"ok"`, "/metrics": "stompgate_sessions_active", "/": "stompgate demo chat"} {
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			resp, err := http.Get("http://" + addr + path)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			var b bytes.Buffer
+			_, _ = b.ReadFrom(resp.Body)
+			if resp.StatusCode != 200 || !strings.Contains(b.String(), want) {
+				return fmt.Errorf("%s: %d %q", path, resp.StatusCode, b.String())
+			}
+			return nil
+		})
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+}
