@@ -72,4 +72,7 @@ for ((i = 0; i < 100; i++)); do
   as_root rabbitmqctl -q list_vhosts 2>/dev/null | grep -qx stompgate && break
   sleep 0.1
 done
+# The local guest (loopback only) may use the product vhost for
+# development; definitions.json itself grants nothing to guest.
+as_root rabbitmqctl -q set_permissions -p stompgate guest '.*' '.*' '.*' >/dev/null
 log "RabbitMQ and PostgreSQL ready"
