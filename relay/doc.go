@@ -4,27 +4,27 @@
 //
 // # Goroutines of one session
 //
-//	 browser ──ws──▶ readLoop ──────────────▶ BrokerLink.Write/Flush ──tcp──▶ RabbitMQ
-//	                  │ (HTTP handler goroutine: owns parser,              │
-//	                  │  identity, permissions, subscriptions, limiter)    │
-//	                  │                                                    │
-//	 browser ◀──ws── writeLoop ◀── queue (bounded, bytes) ◀── brokerLoop ◀─┘
-//	                  ▲                ▲                       (MESSAGE, RECEIPT, ERROR)
-//	                  │                └── readLoop (CONNECTED, RECEIPT, ERROR)
-//	                  └── hbSet, pongs  └── Server (drain, revoke), expiry timer: end()
+//		 browser ──ws──▶ readLoop ──────────────▶ BrokerLink.Write/Flush ──tcp──▶ RabbitMQ
+//		                  │ (HTTP handler goroutine: owns parser,              │
+//		                  │  identity, permissions, subscriptions, limiter)    │
+//		                  │                                                    │
+//		 browser ◀──ws── writeLoop ◀── queue (bounded, bytes) ◀── brokerLoop ◀─┘
+//		                  ▲                ▲                       (MESSAGE, RECEIPT, ERROR)
+//		                  │                └── readLoop (CONNECTED, RECEIPT, ERROR)
+//		                  └── hbSet, pongs  └── Server (drain, revoke), expiry timer: end()
 //
-//   - readLoop is the only reader of the WebSocket and the only goroutine
-//     that changes session protocol state. It stops reading while the rate
-//     limiter makes it wait (backpressure).
-//   - writeLoop is the only writer of the WebSocket. It drains the whole
-//     queue into a buffer under gorilla's connection (bufConn) and flushes
-//     once per batch, with a write deadline of EDGE_SEND_TIME_LIMIT. It also
-//     sends heart-beats and pongs.
-//   - brokerLoop reads the broker link and enqueues re-encoded frames.
-//   - The queue is bounded by EDGE_SEND_BUFFER_BYTES: a producer that would
-//     overflow it ends the session with slow_consumer instead of waiting, so
-//     neither the broker reader nor any other session ever blocks on one
-//     browser.
+//	  - readLoop is the only reader of the WebSocket and the only goroutine
+//	    that changes session protocol state. It stops reading while the rate
+//	    limiter makes it wait (backpressure).
+//	  - writeLoop is the only writer of the WebSocket. It drains the whole
+//	    queue into a buffer under gorilla's connection (bufConn) and flushes
+//	    once per batch, with a write deadline of EDGE_SEND_TIME_LIMIT. It also
+//	    sends heart-beats and pongs.
+//	  - brokerLoop reads the broker link and enqueues re-encoded frames.
+//	  - The queue is bounded by EDGE_SEND_BUFFER_BYTES: a producer that would
+//	    overflow it ends the session with slow_consumer instead of waiting, so
+//	    neither the broker reader nor any other session ever blocks on one
+//	    browser.
 //
 // # Who closes what
 //
