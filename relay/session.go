@@ -669,6 +669,11 @@ func (s *Session) destination(f *frame.Frame) (auth.Destination, error) {
 	if err != nil {
 		return d, s.refuse(CodeForbidden, err.Error())
 	}
+	if d.Kind == auth.KindUser || d.Kind == auth.KindUserQueue {
+		// SPEC §5 user destinations need the stompgate.user routing that a
+		// later step adds; RabbitMQ would not know them.
+		return d, s.refuse(CodeForbidden, "user destinations (/user/...) are not enabled on this edge yet")
+	}
 	return d, nil
 }
 
