@@ -15,6 +15,7 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -166,11 +167,20 @@ func benchSession(b *testing.B, v Version) *Session {
 	}
 	srv := &Server{cfg: cfg, metrics: NewMetrics(prometheus.NewRegistry()), now: time.Now, limits: benchLimits}
 	link := &stompLink{conn: benchConn{}, w: bufio.NewWriterSize(io.Discard, 32<<10)}
+	ident := auth.Identity{Subject: "alice", Expiry: time.Now().Add(time.Hour),
+		Scopes: []string{"send:/topic/bench.relay", "subscribe:/topic/bench.relay"}}
+	perms, err := auth.NewPermissions(ident, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
 	s := &Session{
 		srv:       srv,
+		log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		parser:    NewParser(benchLimits, ClientCommands),
 		connected: true,
-		ident:     auth.Identity{Subject: "alice", Expiry: time.Now().Add(time.Hour)},
+		ident:     ident,
+		perms:     perms,
+		limiter:   &auth.SessionLimiter{}, // no rate limit
 		subs:      map[string]struct{}{},
 		link:      link,
 		rbuf:      make([]byte, 16<<10),
