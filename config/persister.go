@@ -51,6 +51,10 @@ type Persister struct {
 	// BatchWait is how long a batch waits for more messages after its first
 	// one before it is written. PERSIST_BATCH_WAIT, duration, default 20ms.
 	BatchWait time.Duration
+	// Writers is how many batches are written concurrently, each on its own
+	// Postgres connection; acks still go out in delivery order.
+	// PERSIST_WRITERS, goroutines, default 2, 1 to 16.
+	Writers int
 	// WriteMode is "copy" (COPY into a temp table, then INSERT … SELECT) or
 	// "insert" (multi-row INSERT). PERSIST_WRITE_MODE, default copy.
 	WriteMode string
@@ -94,6 +98,7 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 		DeliveryLimit:   e.Int("PERSIST_DELIVERY_LIMIT", 5, 1),
 		BatchSize:       e.Int("PERSIST_BATCH_SIZE", 500, 1),
 		BatchWait:       e.Duration("PERSIST_BATCH_WAIT", 20*time.Millisecond, 0),
+		Writers:         e.Int("PERSIST_WRITERS", 2, 1),
 		WriteMode:       strings.ToLower(e.String("PERSIST_WRITE_MODE", WriteModeCopy)),
 		RetryMin:        e.Duration("PERSIST_RETRY_MIN", 100*time.Millisecond, time.Millisecond),
 		RetryMax:        e.Duration("PERSIST_RETRY_MAX", 5*time.Second, time.Millisecond),
@@ -116,6 +121,12 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 	}
 	if c.BatchSize > MaxBatchSize {
 		e.fail("PERSIST_BATCH_SIZE", "%d is above the maximum %d", c.BatchSize, MaxBatchSize)
+	}
+	if c.Writers > 16 {
+		e.fail("PERSIST_WRITERS", "%d is above the maximum 16", c.Writers)
+	}
+	if c.DBMaxConns < c.Writers {
+		e.fail("PERSIST_DB_MAX_CONNS", "%d is below PERSIST_WRITERS %d", c.DBMaxConns, c.Writers)
 	}
 	if c.WriteMode != WriteModeCopy && c.WriteMode != WriteModeInsert {
 		e.fail("PERSIST_WRITE_MODE", "%q is neither %q nor %q", c.WriteMode, WriteModeCopy, WriteModeInsert)

@@ -20,7 +20,7 @@ func TestLoadPersisterDefaults(t *testing.T) {
 		c.DeliveryLimit != 5 || c.BatchSize != 500 || c.BatchWait != 20*time.Millisecond ||
 		c.WriteMode != WriteModeCopy || c.MetricsListen != ":9091" || c.LogFormat != "text" ||
 		c.RetryMin != 100*time.Millisecond || c.RetryMax != 5*time.Second ||
-		c.ShutdownTimeout != 30*time.Second || c.ConnectionName == "" || c.DBMaxConns != 4 {
+		c.ShutdownTimeout != 30*time.Second || c.ConnectionName == "" || c.DBMaxConns != 4 || c.Writers != 2 {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
 }
@@ -65,6 +65,8 @@ func TestLoadPersisterErrors(t *testing.T) {
 		{map[string]string{"PERSIST_DLQ": "stompgate.archive"}, []string{"PERSIST_DLQ"}},
 		{map[string]string{"PERSIST_RETRY_MIN": "2s", "PERSIST_RETRY_MAX": "1s"}, []string{"PERSIST_RETRY_MAX"}},
 		{map[string]string{"LOG_FORMAT": "xml"}, []string{"LOG_FORMAT"}},
+		{map[string]string{"PERSIST_WRITERS": "17"}, []string{"PERSIST_WRITERS"}},
+		{map[string]string{"PERSIST_WRITERS": "8", "PERSIST_DB_MAX_CONNS": "4"}, []string{"PERSIST_DB_MAX_CONNS"}},
 		// Every problem is reported together.
 		{map[string]string{"PERSIST_BATCH_SIZE": "-1", "PERSIST_WRITE_MODE": "x", "PERSIST_DELIVERY_LIMIT": "0"},
 			[]string{"PERSIST_BATCH_SIZE", "PERSIST_WRITE_MODE", "PERSIST_DELIVERY_LIMIT"}},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -27,12 +28,15 @@ const (
 //
 // Goroutines: Run owns the RabbitMQ connection (a "session", re-established
 // after any loss) and one reader loop that fills batches from the consumer
-// and hands each, unbuffered, to one writer goroutine. The writer commits a
-// batch, dead-letters what the database refused, then acks the batch
-// (multiple=true) on the channel it came from. While the writer retries a
-// failing database the reader blocks on the hand-off and RabbitMQ stops
-// delivering once the prefetch (two batches: one writing, one filling) is
-// unacked: consumption pauses without acks, nacks or busy loops.
+// and hands each, unbuffered, to one of cfg.Writers writer goroutines. A
+// writer commits its batch on its own Postgres connection, dead-letters what
+// the database refused, waits until the session's previous batch is settled,
+// then acks its batch (multiple=true) on the channel it came from: acks go
+// out in delivery order even though batches commit concurrently. While the
+// writers retry a failing database the reader blocks on the hand-off and
+// RabbitMQ stops delivering once the prefetch (Writers+1 batches: one per
+// writer, one filling) is unacked: consumption pauses without acks, nacks
+// or busy loops.
 type Archiver struct {
 	cfg     config.Persister
 	topo    Topology
@@ -58,7 +62,9 @@ type batch struct {
 	sess       *session
 	deliveries []amqp.Delivery
 	rows       []Row
+	prev       *batch        // the session's previous batch, acked before this one; nil for the first
 	done       chan struct{} // closed by the writer when the batch is settled or abandoned
+	acked      bool          // set before done is closed: every delivery up to the last was acked
 }
 
 // session is one RabbitMQ connection with its consuming and its publishing
@@ -88,7 +94,11 @@ func (a *Archiver) Run(ctx context.Context) error {
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
-		a.writeLoop(wctx, batches)
+		var wg sync.WaitGroup
+		for range a.cfg.Writers {
+			wg.Go(func() { a.writeLoop(wctx, batches) })
+		}
+		wg.Wait()
 	}()
 	defer func() {
 		close(batches)
@@ -146,8 +156,8 @@ func (a *Archiver) dial() (*session, error) {
 		conn.Close()
 		return nil, err
 	}
-	// Two batches unacked: one being written, one filling.
-	if err := s.consume.Qos(2*a.cfg.BatchSize, 0, false); err != nil {
+	// One batch unacked per writer, one filling.
+	if err := s.consume.Qos(a.prefetch(), 0, false); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("qos: %w", err)
 	}
@@ -175,7 +185,7 @@ func (a *Archiver) runSession(ctx context.Context, batches chan<- *batch) error 
 	}
 	a.metrics.Consuming.Set(1)
 	defer a.metrics.Consuming.Set(0)
-	a.log.Info("consuming", "queue", a.cfg.Queue, "bindings", a.cfg.Bindings, "prefetch", 2*a.cfg.BatchSize)
+	a.log.Info("consuming", "queue", a.cfg.Queue, "bindings", a.cfg.Bindings, "prefetch", a.prefetch(), "writers", a.cfg.Writers)
 
 	lag := time.NewTicker(lagInterval)
 	defer lag.Stop()
@@ -214,7 +224,7 @@ func (a *Archiver) runSession(ctx context.Context, batches chan<- *batch) error 
 	}
 	add := func(d amqp.Delivery) {
 		if cur == nil {
-			cur = &batch{sess: s, done: make(chan struct{}),
+			cur = &batch{sess: s, prev: last, done: make(chan struct{}),
 				deliveries: make([]amqp.Delivery, 0, a.cfg.BatchSize),
 				rows:       make([]Row, 0, a.cfg.BatchSize)}
 			timer.Reset(a.cfg.BatchWait)
@@ -282,6 +292,8 @@ func (a *Archiver) runSession(ctx context.Context, batches chan<- *batch) error 
 	return nil
 }
 
+func (a *Archiver) prefetch() int { return (a.cfg.Writers + 1) * a.cfg.BatchSize }
+
 // sampleLag records the archive queue's ready count (consumer lag).
 func (a *Archiver) sampleLag(s *session) {
 	q, err := s.publish.QueueDeclarePassive(a.cfg.Queue, true, false, false, false, a.topo.QueueArgs())
@@ -293,15 +305,17 @@ func (a *Archiver) sampleLag(s *session) {
 // writeLoop settles batches until batches is closed.
 func (a *Archiver) writeLoop(ctx context.Context, batches <-chan *batch) {
 	for b := range batches {
-		a.settle(ctx, b)
+		b.acked = a.settle(ctx, b)
+		b.prev = nil // let settled batches be collected
 		close(b.done)
 	}
 }
 
 // settle writes b, retrying the same batch with capped exponential backoff
-// and jitter while the database fails, then dead-letters refused rows and
-// acks. When ctx ends first, b stays unacked (RabbitMQ redelivers it).
-func (a *Archiver) settle(ctx context.Context, b *batch) {
+// and jitter while the database fails, then dead-letters refused rows and,
+// once the previous batch is settled, acks. When ctx ends first, b stays
+// unacked (RabbitMQ redelivers it). It reports whether b was acked.
+func (a *Archiver) settle(ctx context.Context, b *batch) bool {
 	bo := backoff{min: a.cfg.RetryMin, max: a.cfg.RetryMax}
 	var res Result
 	for attempt := 1; ; attempt++ {
@@ -326,7 +340,7 @@ func (a *Archiver) settle(ctx context.Context, b *batch) {
 		select {
 		case <-ctx.Done():
 			a.log.Warn("giving up on batch at shutdown; it will be redelivered", "messages", len(b.rows))
-			return
+			return false
 		case <-time.After(wait):
 		}
 	}
@@ -342,17 +356,34 @@ func (a *Archiver) settle(ctx context.Context, b *batch) {
 			a.log.Warn("publish dead letter failed, rejecting instead", "err", err)
 			if err := d.Nack(false, false); err != nil {
 				a.log.Warn("ack batch: channel gone, batch will be redelivered", "err", err)
-				return
+				return false
 			}
 		}
 		a.metrics.DeadLetters.Inc()
 		a.log.Warn("message refused by the database, dead-lettered",
 			"message_id", b.rows[rej.Index].MessageID, "routing_key", d.RoutingKey, "reason", rej.Reason)
 	}
+	// Acks go out in delivery order: multiple=true must not ack a previous
+	// batch that is still being written.
+	if b.prev != nil {
+		<-b.prev.done
+		if !b.prev.acked {
+			// The previous batch was abandoned: ack only this one's.
+			for i := range b.deliveries {
+				if err := b.deliveries[i].Ack(false); err != nil {
+					a.log.Warn("ack batch: channel gone, batch will be redelivered", "err", err)
+					return false
+				}
+			}
+			return false // later batches must not ack multiple either
+		}
+	}
 	if err := b.deliveries[len(b.deliveries)-1].Ack(true); err != nil {
 		// Committed rows are skipped as duplicates on redelivery.
 		a.log.Warn("ack batch: channel gone, batch will be redelivered", "err", err)
+		return false
 	}
+	return true
 }
 
 // deadLetter publishes d to the DLX with the reason in HeaderReason and

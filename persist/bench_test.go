@@ -109,15 +109,15 @@ func BenchmarkRawConsume(b *testing.B) {
 // both write modes and several batch sizes.
 func BenchmarkArchive(b *testing.B) {
 	for _, mode := range []string{config.WriteModeCopy, config.WriteModeInsert} {
-		for _, size := range []int{1, 100, 500} {
-			b.Run(fmt.Sprintf("mode=%s/batch=%d", mode, size), func(b *testing.B) {
-				benchArchive(b, mode, size)
+		for _, c := range []struct{ size, writers int }{{1, 2}, {100, 2}, {500, 1}, {500, 2}} {
+			b.Run(fmt.Sprintf("mode=%s/batch=%d/writers=%d", mode, c.size, c.writers), func(b *testing.B) {
+				benchArchive(b, mode, c.size, c.writers)
 			})
 		}
 	}
 }
 
-func benchArchive(b *testing.B, mode string, size int) {
+func benchArchive(b *testing.B, mode string, size, writers int) {
 	vhost := persisttest.Vhost(b)
 	dbURL := persisttest.DB(b)
 	cfg, err := config.LoadPersister(persisttest.Env(map[string]string{
@@ -125,6 +125,7 @@ func benchArchive(b *testing.B, mode string, size int) {
 		"PERSIST_DATABASE_URL": dbURL,
 		"PERSIST_BATCH_SIZE":   strconv.Itoa(size),
 		"PERSIST_WRITE_MODE":   mode,
+		"PERSIST_WRITERS":      strconv.Itoa(writers),
 	}))
 	if err != nil {
 		b.Fatal(err)
