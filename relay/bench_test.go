@@ -237,7 +237,7 @@ func BenchmarkSessionBrokerMessage(b *testing.B) {
 				if err != nil || f == nil {
 					b.Fatalf("frame %v, err %v", f, err)
 				}
-				if err := s.enqueue(s.encode(f), frame.MESSAGE, time.Now()); err != nil {
+				if err := s.enqueue(s.encode(f), frame.MESSAGE, time.Now(), true); err != nil {
 					b.Fatal(err)
 				}
 				p.Compact()

@@ -28,9 +28,10 @@ type BrokerLink interface {
 	Write(f *frame.Frame) error
 	Flush() error
 	// ReadLoop delivers broker frames (MESSAGE, RECEIPT, ERROR) to handle
-	// until the link fails or is closed. A frame's Body is valid only during
-	// the call.
-	ReadLoop(handle func(*frame.Frame) error) error
+	// until the link fails or is closed, and calls idle whenever it has
+	// handled everything received so far (before it may block). A frame's
+	// Body is valid only during the call.
+	ReadLoop(idle func(), handle func(*frame.Frame) error) error
 	// Close ends the link; unacked messages are redelivered by the broker.
 	Close() error
 }
@@ -112,7 +113,7 @@ func (d *BrokerDialer) dialOne(ctx context.Context, addr string) (*stompLink, er
 		conn.Close()
 		return nil, fmt.Errorf("connect broker %s: %w", addr, err)
 	}
-	f, err := l.readFrame()
+	f, err := l.readFrame(nil)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("connect broker %s: %w", addr, err)
@@ -195,13 +196,16 @@ func (l *stompLink) heartbeat() {
 	}
 }
 
-func (l *stompLink) readFrame() (*frame.Frame, error) {
+func (l *stompLink) readFrame(idle func()) (*frame.Frame, error) {
 	for {
 		f, err := l.parser.Next()
 		if err != nil || f != nil {
 			return f, err
 		}
 		l.parser.Compact()
+		if idle != nil {
+			idle()
+		}
 		if l.readTimeout > 0 {
 			_ = l.conn.SetReadDeadline(time.Now().Add(l.readTimeout))
 		}
@@ -218,9 +222,9 @@ func (l *stompLink) readFrame() (*frame.Frame, error) {
 	}
 }
 
-func (l *stompLink) ReadLoop(handle func(*frame.Frame) error) error {
+func (l *stompLink) ReadLoop(idle func(), handle func(*frame.Frame) error) error {
 	for {
-		f, err := l.readFrame()
+		f, err := l.readFrame(idle)
 		if err != nil {
 			return fmt.Errorf("%w: read: %w", ErrBrokerUnavailable, err)
 		}

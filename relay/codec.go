@@ -39,6 +39,15 @@ func (e *FrameError) Error() string { return e.Code + ": " + e.Msg }
 func badFrame(msg string) error { return &FrameError{Code: CodeBadFrame, Msg: msg} }
 func tooLarge(msg string) error { return &FrameError{Code: CodeFrameTooLarge, Msg: msg} }
 
+type waitKind uint8
+
+const (
+	waitNone waitKind = iota
+	waitLine          // for the end of the command or a header line
+	waitLen           // for content-length body bytes and the NUL
+	waitNul           // for the NUL ending a body without content-length
+)
+
 // Limits bound what a Parser accepts.
 type Limits struct {
 	MaxFrameBytes  int // command + headers + body
@@ -54,9 +63,14 @@ type Limits struct {
 // parser's buffer: it is valid only until the next Feed or Next call, so
 // callers encode or copy it before continuing.
 type Parser struct {
-	buf    []byte
-	off    int // start of unparsed bytes in buf
-	limits Limits
+	wait    waitKind // why the last parse of a partial frame stopped
+	scanned int      // bytes after off looked at by that parse
+	need    int      // waitLen: bytes after off needed to finish the frame
+	spans   []int    // scratch: header line offsets of the frame being parsed
+	kv      []string // scratch: decoded header names and values
+	buf     []byte
+	off     int // start of unparsed bytes in buf
+	limits  Limits
 	// Version selects header escaping; CONNECT, STOMP and CONNECTED frames
 	// are never escaped whatever the version.
 	Version Version
@@ -109,6 +123,26 @@ func (p *Parser) Next() (*frame.Frame, error) {
 	if len(b) == 0 {
 		return nil, nil
 	}
+	// Do not parse a partial frame again until the bytes that could change
+	// the outcome have arrived: without this a frame arriving in k pieces
+	// is parsed k times, headers and allocations included.
+	switch p.wait {
+	case waitLine:
+		if len(b) <= p.limits.MaxHeaderBytes && len(b) <= p.limits.MaxFrameBytes && bytes.IndexByte(b[p.scanned:], '\n') < 0 {
+			p.scanned = len(b)
+			return nil, nil
+		}
+	case waitLen:
+		if len(b) < p.need {
+			return nil, nil
+		}
+	case waitNul:
+		if len(b) <= p.limits.MaxFrameBytes && bytes.IndexByte(b[p.scanned:], 0) < 0 {
+			p.scanned = len(b)
+			return nil, nil
+		}
+	}
+	p.wait = waitNone
 	f, n, err := p.parse(b)
 	if err != nil || f == nil {
 		return nil, err
@@ -135,6 +169,7 @@ func (p *Parser) parse(b []byte) (*frame.Frame, int, error) {
 		if len(b) > p.limits.MaxHeaderBytes {
 			return nil, 0, tooLarge("command line too long")
 		}
+		p.wait, p.scanned = waitLine, len(b)
 		return nil, 0, nil
 	}
 	cmd := trimCR(b[:nl])
@@ -143,10 +178,10 @@ func (p *Parser) parse(b []byte) (*frame.Frame, int, error) {
 		return nil, 0, badFrame("unknown or unexpected command " + strconv.Quote(truncate(string(cmd), 32)))
 	}
 	escaped := p.Version >= V11 && command != frame.CONNECT && command != frame.STOMP && command != frame.CONNECTED
-	f := &frame.Frame{Command: command, Header: &frame.Header{}}
 	pos := nl + 1
+	hdrStart := pos
 	contentLength := -1
-	headers := 0
+	spans := p.spans[:0] // per header line: name start, colon, line end (relative to hdrStart)
 	for {
 		rest := b[pos:]
 		nl = bytes.IndexByte(rest, '\n')
@@ -157,12 +192,14 @@ func (p *Parser) parse(b []byte) (*frame.Frame, int, error) {
 			if len(b) > max {
 				return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
 			}
+			p.wait, p.scanned = waitLine, len(b)
 			return nil, 0, nil
 		}
 		if nl > p.limits.MaxHeaderBytes {
 			return nil, 0, tooLarge("header line longer than " + strconv.Itoa(p.limits.MaxHeaderBytes) + " bytes")
 		}
 		line := trimCR(rest[:nl])
+		lineStart := pos
 		pos += nl + 1
 		if pos > max {
 			return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
@@ -170,8 +207,7 @@ func (p *Parser) parse(b []byte) (*frame.Frame, int, error) {
 		if len(line) == 0 {
 			break
 		}
-		headers++
-		if headers > p.limits.MaxHeaders {
+		if len(spans)/3 >= p.limits.MaxHeaders {
 			return nil, 0, tooLarge("more than " + strconv.Itoa(p.limits.MaxHeaders) + " headers")
 		}
 		colon := bytes.IndexByte(line, ':')
@@ -181,16 +217,32 @@ func (p *Parser) parse(b []byte) (*frame.Frame, int, error) {
 		if bytes.IndexByte(line, 0) >= 0 {
 			return nil, 0, badFrame("NUL byte in a header")
 		}
-		name, err := decodeHeader(line[:colon], escaped, true)
+		spans = append(spans, lineStart-hdrStart, lineStart-hdrStart+colon, lineStart-hdrStart+len(line))
+	}
+	p.spans = spans
+	// One string for the whole header block: names and values are
+	// substrings of it unless they need unescaping.
+	block := string(b[hdrStart:pos])
+	kv := p.kv[:0]
+	for i := 0; i < len(spans); i += 3 {
+		ns, c, e := spans[i], spans[i+1], spans[i+2]
+		name, err := decodeHeaderIn(block, ns, c, escaped, true)
 		if err != nil {
 			return nil, 0, err
 		}
-		value, err := decodeHeader(line[colon+1:], escaped, false)
+		value, err := decodeHeaderIn(block, c+1, e, escaped, false)
 		if err != nil {
 			return nil, 0, err
 		}
-		if _, dup := f.Header.Contains(name); dup {
-			continue // STOMP: the first occurrence wins; never relay the others
+		dup := false
+		for j := 0; j < len(kv); j += 2 {
+			if kv[j] == name {
+				dup = true // STOMP: the first occurrence wins; never relay the others
+				break
+			}
+		}
+		if dup {
+			continue
 		}
 		if name == frame.ContentLength {
 			n, err := strconv.Atoi(strings.TrimSpace(value))
@@ -199,14 +251,24 @@ func (p *Parser) parse(b []byte) (*frame.Frame, int, error) {
 			}
 			contentLength = n
 		}
-		f.Header.Add(name, value)
+		kv = append(kv, name, value)
 	}
+	// Room for the headers the edge adds to a SEND (x-user-id,
+	// amqp-message-id) without growing the slice again.
+	kv = append(kv, "", "", "", "")
+	fa := &frameAlloc{h: *frame.NewHeader(kv...)}
+	fa.h.Del("") // the spare entries: real header names are never empty
+	fa.f.Command = command
+	fa.f.Header = &fa.h
+	f := &fa.f
+	p.kv = kv[:0]
 	// Body.
 	if contentLength >= 0 {
 		if pos+contentLength > max {
 			return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
 		}
 		if len(b) < pos+contentLength+1 {
+			p.wait, p.need = waitLen, pos+contentLength+1
 			return nil, 0, nil
 		}
 		if b[pos+contentLength] != 0 {
@@ -220,6 +282,7 @@ func (p *Parser) parse(b []byte) (*frame.Frame, int, error) {
 		if len(b) > max {
 			return nil, 0, tooLarge("frame larger than " + strconv.Itoa(max) + " bytes")
 		}
+		p.wait, p.scanned = waitNul, len(b)
 		return nil, 0, nil
 	}
 	if pos+end > max {
@@ -354,7 +417,7 @@ func AppendFrame(dst []byte, f *frame.Frame, v Version) []byte {
 }
 
 func appendHeaderValue(dst []byte, s string, escaped bool, v Version) []byte {
-	if !strings.ContainsAny(s, "\\\r\n:") {
+	if !needsEscape(s) {
 		return append(dst, s...)
 	}
 	for i := 0; i < len(s); i++ {
@@ -380,4 +443,37 @@ func appendHeaderValue(dst []byte, s string, escaped bool, v Version) []byte {
 		}
 	}
 	return dst
+}
+
+// needsEscape reports whether s holds a byte that appendHeaderValue must
+// escape or drop; strings.ContainsAny builds a lookup table on every call.
+func needsEscape(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\', '\r', '\n', ':':
+			return true
+		}
+	}
+	return false
+}
+
+// frameAlloc puts a parsed frame and its header in one allocation.
+type frameAlloc struct {
+	f frame.Frame
+	h frame.Header
+}
+
+// decodeHeaderIn is decodeHeader for block[from:to], returning a substring
+// of block (no copy) when nothing needs unescaping.
+func decodeHeaderIn(block string, from, to int, escaped, isName bool) (string, error) {
+	s := block[from:to]
+	if isName {
+		if c, ok := commonHeaders[s]; ok {
+			return c, nil
+		}
+	}
+	if !escaped || strings.IndexByte(s, '\\') < 0 {
+		return s, nil
+	}
+	return decodeHeader([]byte(s), escaped, false)
 }

@@ -93,12 +93,25 @@ type outFrame struct {
 // writer goroutine can write every queued message and make one syscall.
 // Only the writer goroutine writes (gorilla's own control replies are
 // disabled by the session's ping and close handlers).
+//
+// Reads go through too: beforeRead runs in the reading goroutine whenever
+// gorilla's read buffer is empty and it is about to read the socket (and
+// possibly block). The session flushes its broker link there, so all the
+// frames that arrived together leave in one write.
 type bufConn struct {
 	net.Conn
-	w *bufio.Writer
+	w          *bufio.Writer
+	beforeRead func()
 }
 
 func (c *bufConn) Write(p []byte) (int, error) { return c.w.Write(p) }
+
+func (c *bufConn) Read(p []byte) (int, error) {
+	if c.beforeRead != nil {
+		c.beforeRead()
+	}
+	return c.Conn.Read(p)
+}
 
 var errSessionClosing = errors.New("session closing")
 
@@ -123,6 +136,7 @@ func newSession(srv *Server, ws *websocket.Conn, bc *bufConn, upgradeToken strin
 		readLimit:    srv.cfg.ConnectTimeout,
 	}
 	s.log = log.With("session", s.id)
+	bc.beforeRead = s.flushBroker
 	ws.SetPingHandler(func(data string) error {
 		s.mu.Lock()
 		s.pongs = append(s.pongs, []byte(data))
@@ -224,8 +238,9 @@ func closeReasonLabel(final *frame.Frame, reason string) string {
 	return "other"
 }
 
-// enqueue hands an encoded frame to the writer.
-func (s *Session) enqueue(data []byte, command string, received time.Time) error {
+// enqueue hands an encoded frame to the writer. The broker reader passes
+// wake=false and wakes the writer once per batch read from the broker.
+func (s *Session) enqueue(data []byte, command string, received time.Time, wake bool) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -241,14 +256,16 @@ func (s *Session) enqueue(data []byte, command string, received time.Time) error
 	s.queued += len(data)
 	s.mu.Unlock()
 	s.srv.metrics.OutboundBytes.Add(float64(len(data)))
-	s.signal()
+	if wake {
+		s.signal()
+	}
 	return nil
 }
 
 // send encodes an edge-made frame for the client.
 func (s *Session) send(f *frame.Frame) error {
 	s.srv.logFrame(s.log, "out", f)
-	return s.enqueue(AppendFrame(nil, f, Version(s.version.Load())), f.Command, time.Time{})
+	return s.enqueue(AppendFrame(nil, f, Version(s.version.Load())), f.Command, time.Time{}, true)
 }
 
 // writeLoop is the only goroutine that writes the WebSocket.
@@ -420,11 +437,17 @@ func (s *Session) readLoop() {
 				s.end(nil, "read: "+err.Error(), false)
 			}
 		}
-		if s.link != nil {
-			if err := s.link.Flush(); err != nil && !s.isClosing() {
-				s.brokerLost(err)
-			}
-		}
+	}
+}
+
+// flushBroker sends what the reader queued for the broker; it runs before
+// the reader may block on the client socket (bufConn.beforeRead).
+func (s *Session) flushBroker() {
+	if s.link == nil || s.isClosing() {
+		return
+	}
+	if err := s.link.Flush(); err != nil {
+		s.brokerLost(err)
 	}
 }
 
@@ -806,17 +829,18 @@ var errStopReading = errors.New("stop reading")
 // brokerLoop forwards broker frames to the client until the link ends.
 func (s *Session) brokerLoop() {
 	defer close(s.brokerDone)
-	err := s.link.ReadLoop(func(f *frame.Frame) error {
+	err := s.link.ReadLoop(s.signal, func(f *frame.Frame) error {
 		received := time.Now()
 		switch f.Command {
 		case frame.MESSAGE:
-			if err := s.enqueue(s.encode(f), frame.MESSAGE, received); err != nil {
+			if err := s.enqueue(s.encode(f), frame.MESSAGE, received, false); err != nil {
 				return err
 			}
 		case frame.RECEIPT:
-			if err := s.enqueue(s.encode(f), frame.RECEIPT, received); err != nil {
+			if err := s.enqueue(s.encode(f), frame.RECEIPT, received, false); err != nil {
 				return err
 			}
+			s.signal()
 			if r := s.disconnectReceipt.Load(); r != nil && *r == f.Header.Get(frame.ReceiptId) {
 				s.end(nil, "client disconnect", false)
 				return errStopReading
