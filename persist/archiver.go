@@ -349,6 +349,7 @@ func (a *Archiver) settle(ctx context.Context, b *batch) bool {
 	a.metrics.RowsWritten.Add(float64(res.Inserted))
 	a.metrics.Duplicates.Add(float64(res.Duplicates))
 
+	nacked := map[int]bool{}
 	for _, rej := range res.Rejected {
 		d := &b.deliveries[rej.Index]
 		if err := a.deadLetter(ctx, b.sess, d, rej.Reason); err != nil {
@@ -358,6 +359,7 @@ func (a *Archiver) settle(ctx context.Context, b *batch) bool {
 				a.log.Warn("ack batch: channel gone, batch will be redelivered", "err", err)
 				return false
 			}
+			nacked[rej.Index] = true
 		}
 		a.metrics.DeadLetters.Inc()
 		a.log.Warn("message refused by the database, dead-lettered",
@@ -370,6 +372,9 @@ func (a *Archiver) settle(ctx context.Context, b *batch) bool {
 		if !b.prev.acked {
 			// The previous batch was abandoned: ack only this one's.
 			for i := range b.deliveries {
+				if nacked[i] {
+					continue
+				}
 				if err := b.deliveries[i].Ack(false); err != nil {
 					a.log.Warn("ack batch: channel gone, batch will be redelivered", "err", err)
 					return false
@@ -378,7 +383,16 @@ func (a *Archiver) settle(ctx context.Context, b *batch) bool {
 			return false // later batches must not ack multiple either
 		}
 	}
-	if err := b.deliveries[len(b.deliveries)-1].Ack(true); err != nil {
+	// The highest delivery not rejected; acking a tag twice would close
+	// the channel.
+	last := len(b.deliveries) - 1
+	for last >= 0 && nacked[last] {
+		last--
+	}
+	if last < 0 {
+		return true
+	}
+	if err := b.deliveries[last].Ack(true); err != nil {
 		// Committed rows are skipped as duplicates on redelivery.
 		a.log.Warn("ack batch: channel gone, batch will be redelivered", "err", err)
 		return false
