@@ -547,3 +547,154 @@ export async function brokerProxy(target = BROKER_ADDRS.split(',')[0]) {
       }),
   };
 }
+
+// ------------------------------------------------------------- persister
+
+export const PERSISTER_BIN = process.env.PERSISTER_BIN || path.join(ROOT, 'bin', 'persister');
+export const PG_HOST = process.env.E2E_PG_HOST || '127.0.0.1';
+export const PG_PORT = process.env.E2E_PG_PORT || '5432';
+export const PG_USER = process.env.E2E_PG_USER || 'postgres';
+
+/**
+ * Runs one statement with psql against database db (unaligned, tuples only,
+ * stops on error) and resolves with its stdout. Bounded to 10 s.
+ */
+export async function psql(db, sql) {
+  const { execFile } = await import('node:child_process');
+  return new Promise((resolve, reject) => {
+    execFile(
+      'psql',
+      ['-h', PG_HOST, '-p', PG_PORT, '-U', PG_USER, '-d', db, '-X', '-At', '-v', 'ON_ERROR_STOP=1', '-c', sql],
+      { timeout: 10000, env: { ...process.env, PGCONNECT_TIMEOUT: '5' } },
+      (err, stdout, stderr) => (err ? reject(new Error(`psql ${db}: ${err.message}\n${stderr}`)) : resolve(stdout)),
+    );
+  });
+}
+
+/** Drops database name (if it exists), disconnecting its sessions. */
+export async function dropDatabase(name) {
+  await psql('postgres', `DROP DATABASE IF EXISTS "${name.replace(/"/g, '""')}" WITH (FORCE)`);
+}
+
+/**
+ * Drops e2e databases (sg_e2e_<pid>_<hex>) left behind by test processes
+ * that died before their cleanup ran; live owners' databases are kept.
+ */
+async function reapStaleDatabases() {
+  const names = (await psql('postgres', "select datname from pg_database where datname like 'sg\\_e2e\\_%'")).split('\n');
+  for (const name of names) {
+    const m = /^sg_e2e_(\d+)_[0-9a-f]{6}$/.exec(name);
+    if (!m) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+      continue;
+    } catch (err) {
+      if (err.code === 'EPERM') continue;
+    }
+    await dropDatabase(name).catch(() => {});
+  }
+}
+
+/**
+ * Starts bin/persister against vhost and a fresh Postgres database (which
+ * the persister creates and migrates), and waits until it logs "consuming"
+ * (its archive queue is declared and bound) and /healthz answers.
+ * Returns { db, metricsURL, output(), psql(sql), metric(name), stop(), close() }:
+ * stop() sends SIGTERM (SIGKILL after 10 s) and resolves with { code, signal };
+ * close() stops it and drops the database.
+ */
+export async function startPersister({ vhost, env = {} } = {}) {
+  if (!existsSync(PERSISTER_BIN)) {
+    throw new Error(`${PERSISTER_BIN} is missing: run \`make build\` (or go build -o bin/ ./cmd/...) first`);
+  }
+  await reapStaleDatabases();
+  const db = `sg_e2e_${process.pid}_${randomBytes(3).toString('hex')}`;
+  let lastErr;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    try {
+      return await spawnPersister(db, port, vhost, env);
+    } catch (err) {
+      lastErr = err;
+      if (!/address already in use/.test(err.message)) break;
+    }
+  }
+  await dropDatabase(db).catch(() => {});
+  throw lastErr;
+}
+
+async function spawnPersister(db, port, vhost, env) {
+  const listen = `127.0.0.1:${port}`;
+  const childEnv = {
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    PERSIST_AMQP_URL: amqpURL(vhost),
+    PERSIST_DATABASE_URL: `postgres://${PG_USER}@${PG_HOST}:${PG_PORT}/${db}?sslmode=disable`,
+    PERSIST_METRICS_LISTEN: listen,
+    PERSIST_BATCH_WAIT: '20ms',
+    PERSIST_CONNECTION_NAME: `stompgate-persister-e2e-${process.pid}`,
+    ...env,
+  };
+  const child = spawn(PERSISTER_BIN, [], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  liveChildren.add(child);
+  child.once('exit', () => liveChildren.delete(child));
+  let out = '';
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const consuming = deferred();
+  const onData = (chunk) => {
+    out += chunk;
+    if (out.length > 1 << 20) out = out.slice(-(1 << 19));
+    if (/\bmsg="?consuming\b/.test(out)) consuming.resolve();
+  };
+  child.stdout.setEncoding('utf8').on('data', onData);
+  child.stderr.setEncoding('utf8').on('data', onData);
+  exited.then(({ code, signal }) => consuming.reject(new Error(`persister exited (code ${code}, signal ${signal}) before consuming:\n${out}`)));
+  const metricsURL = `http://${listen}`;
+  try {
+    await withTimeout(consuming.promise, 15000, 'the persister to log "consuming"');
+    await waitFor(async () => (await fetch(`${metricsURL}/healthz`, { signal: AbortSignal.timeout(2000) })).ok, {
+      timeout: 5000,
+      what: 'persister /healthz',
+    });
+  } catch (err) {
+    child.kill('SIGKILL');
+    await exited;
+    throw err;
+  }
+  let stopped;
+  const p = {
+    db,
+    vhost,
+    metricsURL,
+    output: () => out,
+    psql: (sql) => psql(db, sql),
+    /** One sample of an unlabelled Prometheus series, or undefined. */
+    async metric(name) {
+      const text = await (await fetch(`${metricsURL}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      for (const line of text.split('\n')) {
+        const i = line.lastIndexOf(' ');
+        if (i > 0 && line.slice(0, i) === name) return Number(line.slice(i + 1));
+      }
+      return undefined;
+    },
+    stop() {
+      stopped ??= (async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return exited;
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 10000);
+        const r = await exited;
+        clearTimeout(timer);
+        return r;
+      })();
+      return stopped;
+    },
+    async close() {
+      try {
+        await p.stop();
+      } finally {
+        await dropDatabase(db);
+      }
+    },
+  };
+  return p;
+}
