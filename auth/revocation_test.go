@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/stompgate/stompgate/internal/testenv"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -189,7 +190,7 @@ func TestRevocationStore(t *testing.T) {
 	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "alice", Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, func() error {
+	testenv.WaitFor(t, 2*time.Second, func() error {
 		if !got.has("alice", "") {
 			return errors.New("no callback for alice")
 		}
@@ -199,7 +200,7 @@ func TestRevocationStore(t *testing.T) {
 	if _, err := Revoke(ctx, e.admin, Revocation{TokenID: "jti-1"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, func() error {
+	testenv.WaitFor(t, 2*time.Second, func() error {
 		if !got.has("", "jti-1") {
 			return errors.New("no callback for jti-1")
 		}
@@ -213,7 +214,7 @@ func TestRevocationStore(t *testing.T) {
 	if n, err := Unrevoke(ctx, e.admin, "alice", ""); err != nil || n != 1 {
 		t.Fatalf("unrevoke: %d, %v", n, err)
 	}
-	waitFor(t, 2*time.Second, revoked(s, "alice", "", false))
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "alice", "", false))
 	if n, err := Unrevoke(ctx, e.admin, "nobody", ""); err != nil || n != 0 {
 		t.Fatalf("unrevoke nobody: %d, %v", n, err)
 	}
@@ -222,7 +223,7 @@ func TestRevocationStore(t *testing.T) {
 	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "bob", Until: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, revoked(s, "bob", "", true))
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "bob", "", true))
 	clock.Store(int64(2 * time.Hour))
 	if ok, _ := s.IsRevoked("bob", ""); ok {
 		t.Fatal("bob still revoked after until")
@@ -238,7 +239,7 @@ func TestRevocationStore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 2*time.Second, revoked(s, "burst-49", "", true))
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "burst-49", "", true))
 
 	rs, err := ListRevocations(ctx, e.admin)
 	if err != nil {
@@ -273,12 +274,12 @@ func TestRevocationStoreDatabaseDown(t *testing.T) {
 	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "alice", Reason: "before"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, revoked(s, "alice", "", true))
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "alice", "", true))
 
 	// Down: the role may not log in any more, and its sessions are killed.
 	adminExec(t, "ALTER ROLE "+e.role+" NOLOGIN")
 	adminExec(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '"+e.role+"'")
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		if st := s.Status(); st.Healthy || st.LastErr == nil {
 			return fmt.Errorf("still healthy: %+v", st)
 		}
@@ -298,14 +299,14 @@ func TestRevocationStoreDatabaseDown(t *testing.T) {
 		t.Fatal("carol known while down?")
 	}
 	adminExec(t, "ALTER ROLE "+e.role+" LOGIN")
-	waitFor(t, 5*time.Second, func() error {
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		if !s.Healthy() {
 			return fmt.Errorf("not healthy: %+v", s.Status())
 		}
 		return nil
 	})
-	waitFor(t, 2*time.Second, revoked(s, "carol", "", true))
-	waitFor(t, 2*time.Second, revoked(s, "alice", "", false))
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "carol", "", true))
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "alice", "", false))
 	if !got.has("carol", "") {
 		t.Fatal("no callback for carol after the reconnect")
 	}
@@ -313,7 +314,7 @@ func TestRevocationStoreDatabaseDown(t *testing.T) {
 	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "dave"}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, revoked(s, "dave", "", true))
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "dave", "", true))
 }
 
 // Without a notification (a row written by hand) the periodic resync picks
@@ -326,7 +327,7 @@ func TestRevocationStoreResync(t *testing.T) {
 	if _, err := e.admin.Exec(context.Background(), `INSERT INTO stompgate_revocations (subject) VALUES ('quiet')`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*time.Second, revoked(s, "quiet", "", true))
+	testenv.WaitFor(t, 3*time.Second, revoked(s, "quiet", "", true))
 }
 
 func BenchmarkIsRevoked(b *testing.B) {

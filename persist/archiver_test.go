@@ -19,7 +19,7 @@ import (
 
 	"github.com/stompgate/stompgate/config"
 	"github.com/stompgate/stompgate/persist"
-	"github.com/stompgate/stompgate/persist/persisttest"
+	"github.com/stompgate/stompgate/internal/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func testConfig(t *testing.T, vhost, dbURL string, env map[string]string) config.Persister {
 	t.Helper()
 	m := map[string]string{
-		"PERSIST_AMQP_URL":         persisttest.AMQPURL(vhost),
+		"PERSIST_AMQP_URL":         testenv.AMQPURL(vhost),
 		"PERSIST_DATABASE_URL":     dbURL,
 		"PERSIST_CONNECTION_NAME":  "persister-" + vhost,
 		"PERSIST_RETRY_MIN":        "20ms",
@@ -39,7 +39,7 @@ func testConfig(t *testing.T, vhost, dbURL string, env map[string]string) config
 	for k, v := range env {
 		m[k] = v
 	}
-	cfg, err := config.LoadPersister(persisttest.Env(m))
+	cfg, err := config.LoadPersister(testenv.Env(m))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func (r *running) stop() error {
 // test ends.
 func startArchiver(t *testing.T, cfg config.Persister) *running {
 	t.Helper()
-	pool := persisttest.Pool(t, cfg.DatabaseURL)
+	pool := testenv.Pool(t, cfg.DatabaseURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := persist.Migrate(ctx, pool); err != nil {
@@ -89,7 +89,7 @@ func startArchiver(t *testing.T, cfg config.Persister) *running {
 		}
 	})
 	// Consuming means the topology is declared: publishes are routed.
-	persisttest.WaitFor(t, 15*time.Second, func() error {
+	testenv.WaitFor(t, 15*time.Second, func() error {
 		if testutil.ToFloat64(r.metrics.Consuming) != 1 {
 			return fmt.Errorf("archiver is not consuming")
 		}
@@ -100,7 +100,7 @@ func startArchiver(t *testing.T, cfg config.Persister) *running {
 
 func (r *running) rows(t *testing.T) int {
 	t.Helper()
-	n, err := persisttest.Count(context.Background(), r.pool, "SELECT count(*) FROM stompgate_messages")
+	n, err := testenv.Count(context.Background(), r.pool, "SELECT count(*) FROM stompgate_messages")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,8 +109,8 @@ func (r *running) rows(t *testing.T) int {
 
 func (r *running) waitRows(t *testing.T, want int, timeout time.Duration) {
 	t.Helper()
-	persisttest.WaitFor(t, timeout, func() error {
-		n, err := persisttest.Count(context.Background(), r.pool, "SELECT count(*) FROM stompgate_messages")
+	testenv.WaitFor(t, timeout, func() error {
+		n, err := testenv.Count(context.Background(), r.pool, "SELECT count(*) FROM stompgate_messages")
 		if err != nil {
 			return err
 		}
@@ -128,7 +128,7 @@ type publisher struct {
 
 func newPublisher(t *testing.T, vhost string) *publisher {
 	t.Helper()
-	ch, err := persisttest.Dial(t, vhost).Channel()
+	ch, err := testenv.Dial(t, vhost).Channel()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,8 +180,8 @@ func TestArchivesAMQPPublishWithProperties(t *testing.T) {
 	for _, mode := range []string{config.WriteModeCopy, config.WriteModeInsert} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			vhost := persisttest.Vhost(t)
-			r := startArchiver(t, testConfig(t, vhost, persisttest.DB(t), map[string]string{"PERSIST_WRITE_MODE": mode}))
+			vhost := testenv.Vhost(t)
+			r := startArchiver(t, testConfig(t, vhost, testenv.DB(t), map[string]string{"PERSIST_WRITE_MODE": mode}))
 			ts := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 			newPublisher(t, vhost).publish(t, "room.7", amqp.Publishing{
 				MessageId: "order-42", UserId: "guest", ContentType: "application/json", AppId: "erp",
@@ -230,9 +230,9 @@ func TestArchivesAMQPPublishWithProperties(t *testing.T) {
 // does) lands with the x-user-id header as its sender.
 func TestArchivesSTOMPPublishWithSender(t *testing.T) {
 	t.Parallel()
-	vhost := persisttest.Vhost(t)
-	r := startArchiver(t, testConfig(t, vhost, persisttest.DB(t), nil))
-	conn, err := stomp.Dial("tcp", persisttest.STOMPAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host(vhost))
+	vhost := testenv.Vhost(t)
+	r := startArchiver(t, testConfig(t, vhost, testenv.DB(t), nil))
+	conn, err := stomp.Dial("tcp", testenv.StompAddr, stomp.ConnOpt.Login("guest", "guest"), stomp.ConnOpt.Host(vhost))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,8 +274,8 @@ func TestArchivesSTOMPPublishWithSender(t *testing.T) {
 
 func TestDuplicatesAreSkipped(t *testing.T) {
 	t.Parallel()
-	vhost := persisttest.Vhost(t)
-	r := startArchiver(t, testConfig(t, vhost, persisttest.DB(t), map[string]string{"PERSIST_BATCH_WAIT": "50ms"}))
+	vhost := testenv.Vhost(t)
+	r := startArchiver(t, testConfig(t, vhost, testenv.DB(t), map[string]string{"PERSIST_BATCH_WAIT": "50ms"}))
 	p := newPublisher(t, vhost)
 	msgs := numbered("dup", 10)
 	p.publish(t, "a.b", msgs...)
@@ -283,7 +283,7 @@ func TestDuplicatesAreSkipped(t *testing.T) {
 	p.publish(t, "a.b", msgs[:4]...)                                                            // in a later batch
 	p.publish(t, "a.b", msgs[5], msgs[5])                                                       // twice in one batch
 	p.publish(t, "a.b", amqp.Publishing{Body: []byte("x")}, amqp.Publishing{Body: []byte("x")}) // same content, no id
-	persisttest.WaitFor(t, 15*time.Second, func() error {
+	testenv.WaitFor(t, 15*time.Second, func() error {
 		if d := testutil.ToFloat64(r.metrics.Duplicates); d != 7 {
 			return fmt.Errorf("%v duplicates, want 7", d)
 		}
@@ -292,7 +292,7 @@ func TestDuplicatesAreSkipped(t *testing.T) {
 	if n := r.rows(t); n != 11 {
 		t.Fatalf("%d rows, want 11", n)
 	}
-	if got := persisttest.QueueDepth(t, vhost, r.cfg.Queue); got != 0 {
+	if got := testenv.QueueDepth(t, vhost, r.cfg.Queue); got != 0 {
 		t.Fatalf("%d messages left in the queue", got)
 	}
 }
@@ -304,25 +304,25 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 	for _, mode := range []string{config.WriteModeCopy, config.WriteModeInsert} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			vhost := persisttest.Vhost(t)
-			r := startArchiver(t, testConfig(t, vhost, persisttest.DB(t), map[string]string{
+			vhost := testenv.Vhost(t)
+			r := startArchiver(t, testConfig(t, vhost, testenv.DB(t), map[string]string{
 				"PERSIST_WRITE_MODE": mode, "PERSIST_BATCH_WAIT": "300ms"}))
 			msgs := numbered("p", 100)
 			msgs[17].Headers = amqp.Table{"note": "nul \x00 in jsonb"} // jsonb refuses \u0000
 			msgs[42].Headers = amqp.Table{"x-user-id": "mallory\x00"}  // text refuses NUL
 			msgs[77].MessageId = "bad-utf8-\xff\xfe"                   // text refuses invalid UTF-8
 			msgs[90].MessageId = ""
-			msgs[90].Headers = amqp.Table{"amqp-message-id": persisttest.Random(6000)} // btree index row too large
+			msgs[90].Headers = amqp.Table{"amqp-message-id": testenv.Random(6000)} // btree index row too large
 			newPublisher(t, vhost).publish(t, "room.poison", msgs...)
 			r.waitRows(t, 96, 20*time.Second)
 
-			conn := persisttest.Dial(t, vhost)
+			conn := testenv.Dial(t, vhost)
 			ch, err := conn.Channel()
 			if err != nil {
 				t.Fatal(err)
 			}
 			reasons := map[string]string{}
-			persisttest.WaitFor(t, 15*time.Second, func() error {
+			testenv.WaitFor(t, 15*time.Second, func() error {
 				d, ok, err := ch.Get(r.cfg.DLQ, true)
 				if err != nil {
 					return err
@@ -347,7 +347,7 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 			if got := testutil.ToFloat64(r.metrics.DeadLetters); got != 4 {
 				t.Errorf("dead letters metric %v", got)
 			}
-			if got := persisttest.QueueDepth(t, vhost, r.cfg.Queue); got != 0 {
+			if got := testenv.QueueDepth(t, vhost, r.cfg.Queue); got != 0 {
 				t.Errorf("%d messages left in the archive queue", got)
 			}
 		})
@@ -358,24 +358,24 @@ func TestPoisonMessagesAreDeadLettered(t *testing.T) {
 // and goes on.
 func TestReconnectsAfterConnectionLoss(t *testing.T) {
 	t.Parallel()
-	vhost := persisttest.Vhost(t)
-	r := startArchiver(t, testConfig(t, vhost, persisttest.DB(t), nil))
+	vhost := testenv.Vhost(t)
+	r := startArchiver(t, testConfig(t, vhost, testenv.DB(t), nil))
 	p := newPublisher(t, vhost)
 	p.publish(t, "r", numbered("before", 100)...)
 	r.waitRows(t, 100, 15*time.Second)
 
 	var names []string
-	persisttest.WaitFor(t, 20*time.Second, func() (err error) {
-		names, err = persisttest.ConnectionNames(vhost, r.cfg.ConnectionName)
+	testenv.WaitFor(t, 20*time.Second, func() (err error) {
+		names, err = testenv.ConnectionNames(vhost, r.cfg.ConnectionName)
 		if err == nil && len(names) != 1 {
 			err = fmt.Errorf("connections named %s: %v", r.cfg.ConnectionName, names)
 		}
 		return err
 	})
-	if err := persisttest.Mgmt("DELETE", "/api/connections/"+pathEscape(names[0]), nil, nil); err != nil {
+	if err := testenv.Mgmt("DELETE", "/api/connections/"+pathEscape(names[0]), nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	persisttest.WaitFor(t, 15*time.Second, func() error {
+	testenv.WaitFor(t, 15*time.Second, func() error {
 		if testutil.ToFloat64(r.metrics.Reconnects) < 1 {
 			return fmt.Errorf("no reconnect yet")
 		}
@@ -389,12 +389,12 @@ func TestReconnectsAfterConnectionLoss(t *testing.T) {
 // flight before returning.
 func TestStopSettlesBatchInFlight(t *testing.T) {
 	t.Parallel()
-	vhost := persisttest.Vhost(t)
+	vhost := testenv.Vhost(t)
 	// A batch that would wait a minute for more messages.
-	r := startArchiver(t, testConfig(t, vhost, persisttest.DB(t), map[string]string{"PERSIST_BATCH_WAIT": "1m"}))
+	r := startArchiver(t, testConfig(t, vhost, testenv.DB(t), map[string]string{"PERSIST_BATCH_WAIT": "1m"}))
 	newPublisher(t, vhost).publish(t, "s", numbered("s", 50)...)
-	persisttest.WaitFor(t, 10*time.Second, func() error {
-		if n := persisttest.QueueDepth(t, vhost, r.cfg.Queue); n != 0 {
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if n := testenv.QueueDepth(t, vhost, r.cfg.Queue); n != 0 {
 			return fmt.Errorf("%d not yet delivered", n)
 		}
 		return nil
@@ -408,7 +408,7 @@ func TestStopSettlesBatchInFlight(t *testing.T) {
 	if n := r.rows(t); n != 50 {
 		t.Fatalf("%d rows after stop, want 50", n)
 	}
-	if n := persisttest.QueueDepth(t, vhost, r.cfg.Queue); n != 0 {
+	if n := testenv.QueueDepth(t, vhost, r.cfg.Queue); n != 0 {
 		t.Fatalf("%d messages back in the queue after stop", n)
 	}
 }

@@ -15,7 +15,7 @@ import (
 
 	"github.com/stompgate/stompgate/config"
 	"github.com/stompgate/stompgate/persist"
-	"github.com/stompgate/stompgate/persist/persisttest"
+	"github.com/stompgate/stompgate/internal/testenv"
 )
 
 // Benchmarks of the archive against the real local RabbitMQ and Postgres;
@@ -36,7 +36,7 @@ func benchTopology() persist.Topology {
 // of benchBody bytes to it (confirmed).
 func preload(b *testing.B, vhost string, n int) {
 	b.Helper()
-	conn := persisttest.Dial(b, vhost)
+	conn := testenv.Dial(b, vhost)
 	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
@@ -76,9 +76,9 @@ func preload(b *testing.B, vhost string, n int) {
 // 1000, ack (multiple) every 500 messages — the persister's pattern minus
 // Postgres.
 func BenchmarkRawConsume(b *testing.B) {
-	vhost := persisttest.Vhost(b)
+	vhost := testenv.Vhost(b)
 	preload(b, vhost, b.N)
-	conn := persisttest.Dial(b, vhost)
+	conn := testenv.Dial(b, vhost)
 	ch, err := conn.Channel()
 	if err != nil {
 		b.Fatal(err)
@@ -118,10 +118,10 @@ func BenchmarkArchive(b *testing.B) {
 }
 
 func benchArchive(b *testing.B, mode string, size, writers int) {
-	vhost := persisttest.Vhost(b)
-	dbURL := persisttest.DB(b)
-	cfg, err := config.LoadPersister(persisttest.Env(map[string]string{
-		"PERSIST_AMQP_URL":     persisttest.AMQPURL(vhost),
+	vhost := testenv.Vhost(b)
+	dbURL := testenv.DB(b)
+	cfg, err := config.LoadPersister(testenv.Env(map[string]string{
+		"PERSIST_AMQP_URL":     testenv.AMQPURL(vhost),
 		"PERSIST_DATABASE_URL": dbURL,
 		"PERSIST_BATCH_SIZE":   strconv.Itoa(size),
 		"PERSIST_WRITE_MODE":   mode,
@@ -130,7 +130,7 @@ func benchArchive(b *testing.B, mode string, size, writers int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pool := persisttest.Pool(b, dbURL)
+	pool := testenv.Pool(b, dbURL)
 	ctx := context.Background()
 	if err := persist.Migrate(ctx, pool); err != nil {
 		b.Fatal(err)
@@ -152,7 +152,7 @@ func benchArchive(b *testing.B, mode string, size, writers int) {
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
-	if n, err := persisttest.Count(ctx, pool, "SELECT count(*) FROM stompgate_messages"); err != nil || n != b.N {
+	if n, err := testenv.Count(ctx, pool, "SELECT count(*) FROM stompgate_messages"); err != nil || n != b.N {
 		b.Fatalf("%d rows, want %d (%v)", n, b.N, err)
 	}
 }

@@ -7,20 +7,20 @@ import (
 	"time"
 
 	"github.com/stompgate/stompgate/persist"
-	"github.com/stompgate/stompgate/persist/persisttest"
+	"github.com/stompgate/stompgate/internal/testenv"
 )
 
 // Two processes starting at once both succeed and the schema is applied
 // once; applying again is a no-op.
 func TestMigrateConcurrently(t *testing.T) {
 	t.Parallel()
-	dbURL := persisttest.DB(t)
+	dbURL := testenv.DB(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
 	for i := range errs {
-		pool := persisttest.Pool(t, dbURL)
+		pool := testenv.Pool(t, dbURL)
 		wg.Go(func() { errs[i] = persist.Migrate(ctx, pool) })
 	}
 	wg.Wait()
@@ -29,16 +29,16 @@ func TestMigrateConcurrently(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pool := persisttest.Pool(t, dbURL)
+	pool := testenv.Pool(t, dbURL)
 	if err := persist.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
-	n, err := persisttest.Count(ctx, pool, `SELECT count(*) FROM `+persist.MigrationTable+` WHERE version_id > 0`)
+	n, err := testenv.Count(ctx, pool, `SELECT count(*) FROM `+persist.MigrationTable+` WHERE version_id > 0`)
 	if err != nil || n != 1 {
 		t.Fatalf("applied migrations: %d, %v", n, err)
 	}
 	for _, table := range []string{"stompgate_messages", "stompgate_streams", "stompgate_revocations"} {
-		if n, err := persisttest.Count(ctx, pool, "SELECT count(*) FROM "+table); err != nil || n != 0 {
+		if n, err := testenv.Count(ctx, pool, "SELECT count(*) FROM "+table); err != nil || n != 0 {
 			t.Fatalf("%s: %d, %v", table, n, err)
 		}
 	}

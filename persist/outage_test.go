@@ -8,7 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/stompgate/stompgate/persist/persisttest"
+	"github.com/stompgate/stompgate/internal/testenv"
 )
 
 // Postgres going away while 20,000 messages flow: consumption pauses
@@ -18,9 +18,9 @@ import (
 func TestPostgresOutageLosesNothing(t *testing.T) {
 	t.Parallel()
 	const total = 20000
-	pg := persisttest.StartPrivatePostgres(t)
-	vhost := persisttest.Vhost(t)
-	cfg := testConfig(t, vhost, persisttest.DBOn(t, pg.Addr), map[string]string{
+	pg := testenv.StartPrivatePostgres(t)
+	vhost := testenv.Vhost(t)
+	cfg := testConfig(t, vhost, testenv.DBOn(t, pg.Addr), map[string]string{
 		"PERSIST_BATCH_SIZE": "500", "PERSIST_RETRY_MAX": "300ms"})
 	r := startArchiver(t, cfg)
 
@@ -36,14 +36,14 @@ func TestPostgresOutageLosesNothing(t *testing.T) {
 		published <- nil
 	}()
 	// Stop Postgres once part of the stream is in.
-	persisttest.WaitFor(t, 60*time.Second, func() error {
+	testenv.WaitFor(t, 60*time.Second, func() error {
 		if n := testutil.ToFloat64(r.metrics.RowsWritten); n < 2000 {
 			return fmt.Errorf("%v rows written", n)
 		}
 		return nil
 	})
 	pg.Stop(t)
-	persisttest.WaitFor(t, 30*time.Second, func() error {
+	testenv.WaitFor(t, 30*time.Second, func() error {
 		if testutil.ToFloat64(r.metrics.Paused) != 1 {
 			return fmt.Errorf("not paused")
 		}
@@ -53,13 +53,13 @@ func TestPostgresOutageLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	// While paused, RabbitMQ holds what is not acked.
-	if ready := persisttest.QueueDepth(t, vhost, cfg.Queue); ready == 0 {
+	if ready := testenv.QueueDepth(t, vhost, cfg.Queue); ready == 0 {
 		t.Error("queue is empty while Postgres is down")
 	}
 	pg.Start(t)
 	r.waitRows(t, total, 90*time.Second)
 	ctx := context.Background()
-	if n, err := persisttest.Count(ctx, r.pool, "SELECT count(DISTINCT message_id) FROM stompgate_messages"); err != nil || n != total {
+	if n, err := testenv.Count(ctx, r.pool, "SELECT count(DISTINCT message_id) FROM stompgate_messages"); err != nil || n != total {
 		t.Fatalf("distinct message ids %d, %v", n, err)
 	}
 	if got := testutil.ToFloat64(r.metrics.Paused); got != 0 {
@@ -68,8 +68,8 @@ func TestPostgresOutageLosesNothing(t *testing.T) {
 	if got := testutil.ToFloat64(r.metrics.DeadLetters); got != 0 {
 		t.Errorf("%v dead letters", got)
 	}
-	persisttest.WaitFor(t, 10*time.Second, func() error {
-		if n := persisttest.QueueDepth(t, vhost, cfg.Queue); n != 0 {
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if n := testenv.QueueDepth(t, vhost, cfg.Queue); n != 0 {
 			return fmt.Errorf("%d messages left in the queue", n)
 		}
 		return nil

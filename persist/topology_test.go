@@ -10,7 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stompgate/stompgate/persist"
-	"github.com/stompgate/stompgate/persist/persisttest"
+	"github.com/stompgate/stompgate/internal/testenv"
 )
 
 // The persister's declarations agree with rabbitmq/definitions.json (a
@@ -26,7 +26,7 @@ func TestTopologyMatchesDefinitions(t *testing.T) {
 	if err := json.Unmarshal(raw, &defs); err != nil {
 		t.Fatal(err)
 	}
-	vhost := persisttest.Vhost(t)
+	vhost := testenv.Vhost(t)
 	imp := map[string]any{}
 	for _, k := range []string{"exchanges", "queues", "bindings"} {
 		items, _ := defs[k].([]any)
@@ -35,13 +35,13 @@ func TestTopologyMatchesDefinitions(t *testing.T) {
 		}
 		imp[k] = items
 	}
-	if err := persisttest.Mgmt("POST", "/api/definitions/"+vhost, imp, nil); err != nil {
+	if err := testenv.Mgmt("POST", "/api/definitions/"+vhost, imp, nil); err != nil {
 		t.Fatal(err)
 	}
-	conn := persisttest.Dial(t, vhost)
+	conn := testenv.Dial(t, vhost)
 	topo := persist.Topology{Queue: "stompgate.archive", DLX: "stompgate.dlx", DLQ: "stompgate.archive.dlq",
 		Bindings: []string{"#", "room.*"}, DeliveryLimit: 5}
-	persisttest.WaitFor(t, 10*time.Second, func() error { // the import is asynchronous
+	testenv.WaitFor(t, 10*time.Second, func() error { // the import is asynchronous
 		ch, err := conn.Channel()
 		if err != nil {
 			return err

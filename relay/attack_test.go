@@ -338,7 +338,7 @@ func TestAttackFloodFromThreeTabsSharesOneBudget(t *testing.T) {
 
 func TestAttackRevokedMidSessionOnTwoEdges(t *testing.T) {
 	t.Parallel()
-	dbURL := testenv.Database(t)
+	dbURL := testenv.DB(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	pool, err := pgxpool.New(ctx, dbURL)

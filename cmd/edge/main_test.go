@@ -35,7 +35,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	env := map[string]string{
 		"EDGE_JWT_HS256_SECRET": testenv.Secret, "EDGE_LISTEN": "127.0.0.1:0",
 		"EDGE_BROKER_LOGIN": "guest", "EDGE_BROKER_PASSCODE": "guest", "EDGE_BROKER_VHOST": vhost,
-		"EDGE_DATABASE_URL": testenv.Database(t), "EDGE_DRAIN_DELAY": "0s", "EDGE_DRAIN_PERIOD": "0s",
+		"EDGE_DATABASE_URL": testenv.DB(t), "EDGE_DRAIN_DELAY": "0s", "EDGE_DRAIN_PERIOD": "0s",
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuf{}

@@ -20,7 +20,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
-	"github.com/stompgate/stompgate/persist/persisttest"
+	"github.com/stompgate/stompgate/internal/testenv"
 )
 
 // binary is the persister built once for the subprocess tests.
@@ -51,7 +51,7 @@ func TestMain(m *testing.M) {
 
 func baseEnv(vhost, dbURL string) map[string]string {
 	return map[string]string{
-		"PERSIST_AMQP_URL":        persisttest.AMQPURL(vhost),
+		"PERSIST_AMQP_URL":        testenv.AMQPURL(vhost),
 		"PERSIST_DATABASE_URL":    dbURL,
 		"PERSIST_CONNECTION_NAME": "persister-" + vhost,
 		"PERSIST_METRICS_LISTEN":  "127.0.0.1:0",
@@ -61,7 +61,7 @@ func baseEnv(vhost, dbURL string) map[string]string {
 }
 
 func TestRunRejectsBadConfig(t *testing.T) {
-	err := run(context.Background(), nil, persisttest.Env(map[string]string{
+	err := run(context.Background(), nil, testenv.Env(map[string]string{
 		"PERSIST_BATCH_SIZE": "lots", "PERSIST_WRITE_MODE": "magic"}), io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "PERSIST_BATCH_SIZE") || !strings.Contains(err.Error(), "PERSIST_WRITE_MODE") {
 		t.Fatalf("error %v", err)
@@ -72,12 +72,12 @@ func TestRunRejectsBadConfig(t *testing.T) {
 // /healthz, archives, and returns nil when its context ends.
 func TestRunCreatesDatabaseAndServesMetrics(t *testing.T) {
 	t.Parallel()
-	vhost := persisttest.Vhost(t)
-	name := "sg_test_" + persisttest.Random(10)
-	dbURL := "postgres://postgres@" + persisttest.PGAddr + "/" + name + "?sslmode=disable"
+	vhost := testenv.Vhost(t)
+	name := "sg_test_" + testenv.Random(10)
+	dbURL := "postgres://postgres@" + testenv.PGAddr + "/" + name + "?sslmode=disable"
 	t.Cleanup(func() {
 		ctx := context.Background()
-		c, err := pgx.Connect(ctx, "postgres://postgres@"+persisttest.PGAddr+"/postgres?sslmode=disable")
+		c, err := pgx.Connect(ctx, "postgres://postgres@"+testenv.PGAddr+"/postgres?sslmode=disable")
 		if err != nil {
 			t.Error(err)
 			return
@@ -92,7 +92,7 @@ func TestRunCreatesDatabaseAndServesMetrics(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1) // run's result
 	logs := &syncBuffer{}
-	go func() { done <- run(ctx, nil, persisttest.Env(env), io.MultiWriter(logs, t.Output())) }()
+	go func() { done <- run(ctx, nil, testenv.Env(env), io.MultiWriter(logs, t.Output())) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -101,7 +101,7 @@ func TestRunCreatesDatabaseAndServesMetrics(t *testing.T) {
 	}()
 	// The metrics server listens on 127.0.0.1:0; its address is logged.
 	var addr string
-	persisttest.WaitFor(t, 30*time.Second, func() error {
+	testenv.WaitFor(t, 30*time.Second, func() error {
 		for _, line := range strings.Split(logs.String(), "\n") {
 			var l struct{ Msg, Addr string }
 			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "metrics listening" {
@@ -124,7 +124,7 @@ func TestRunCreatesDatabaseAndServesMetrics(t *testing.T) {
 		}
 		return string(b), err
 	}
-	persisttest.WaitFor(t, 30*time.Second, func() error {
+	testenv.WaitFor(t, 30*time.Second, func() error {
 		m, err := get("/metrics")
 		if err == nil && !strings.Contains(m, "\nstompgate_persister_consuming 1\n") {
 			err = fmt.Errorf("not consuming yet")
@@ -135,12 +135,12 @@ func TestRunCreatesDatabaseAndServesMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	publish(t, vhost, 10, "run")
-	persisttest.WaitFor(t, 20*time.Second, func() error {
+	testenv.WaitFor(t, 20*time.Second, func() error {
 		m, err := get("/metrics")
 		if err == nil && !strings.Contains(m, "\nstompgate_persister_rows_written_total 10\n") {
 			var q, b any
-			persisttest.Mgmt("GET", "/api/queues/"+vhost, nil, &q)
-			persisttest.Mgmt("GET", "/api/bindings/"+vhost, nil, &b)
+			testenv.Mgmt("GET", "/api/queues/"+vhost, nil, &q)
+			testenv.Mgmt("GET", "/api/bindings/"+vhost, nil, &b)
 			err = fmt.Errorf("rows not written yet: %s\nqueues %v\nbindings %v", grepLines(m, "stompgate_persister"), q, b)
 		}
 		return err
@@ -164,7 +164,7 @@ func publish(t *testing.T, vhost string, n int, prefix string) {
 }
 
 func publishErr(vhost string, n int, prefix string) error {
-	conn, err := amqp.Dial(persisttest.AMQPURL(vhost))
+	conn, err := amqp.Dial(testenv.AMQPURL(vhost))
 	if err != nil {
 		return err
 	}
@@ -264,9 +264,9 @@ func countRows(t *testing.T, dbURL string, query string) int {
 // so that what is published next is routed to it.
 func waitBound(t *testing.T, vhost string) {
 	t.Helper()
-	persisttest.WaitFor(t, 30*time.Second, func() error {
+	testenv.WaitFor(t, 30*time.Second, func() error {
 		var b []map[string]any
-		if err := persisttest.Mgmt("GET", "/api/exchanges/"+vhost+"/amq.topic/bindings/source", nil, &b); err != nil {
+		if err := testenv.Mgmt("GET", "/api/exchanges/"+vhost+"/amq.topic/bindings/source", nil, &b); err != nil {
 			return err
 		}
 		if len(b) == 0 {
@@ -279,21 +279,21 @@ func waitBound(t *testing.T, vhost string) {
 // SIGTERM: stop consuming, write and ack the batch in flight, exit 0.
 func TestSIGTERMSettlesBatchAndExitsZero(t *testing.T) {
 	t.Parallel()
-	vhost := persisttest.Vhost(t)
-	dbURL := persisttest.DB(t)
+	vhost := testenv.Vhost(t)
+	dbURL := testenv.DB(t)
 	env := baseEnv(vhost, dbURL)
 	env["PERSIST_BATCH_WAIT"] = "1m" // the batch would wait a minute for more
 	p := start(t, env)
 	waitBound(t, vhost)
-	persisttest.WaitFor(t, 20*time.Second, func() error {
-		if names, _ := persisttest.ConnectionNames(vhost, env["PERSIST_CONNECTION_NAME"]); len(names) == 0 {
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if names, _ := testenv.ConnectionNames(vhost, env["PERSIST_CONNECTION_NAME"]); len(names) == 0 {
 			return fmt.Errorf("persister not connected")
 		}
 		return nil
 	})
 	publish(t, vhost, 120, "term")
-	persisttest.WaitFor(t, 20*time.Second, func() error {
-		if n := persisttest.QueueDepth(t, vhost, "stompgate.archive"); n != 0 {
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if n := testenv.QueueDepth(t, vhost, "stompgate.archive"); n != 0 {
 			return fmt.Errorf("%d not delivered yet", n)
 		}
 		return nil
@@ -310,7 +310,7 @@ func TestSIGTERMSettlesBatchAndExitsZero(t *testing.T) {
 	if n := countRows(t, dbURL, "SELECT count(*) FROM stompgate_messages"); n != 120 {
 		t.Fatalf("%d rows after SIGTERM, want 120", n)
 	}
-	if n := persisttest.QueueDepth(t, vhost, "stompgate.archive"); n != 0 {
+	if n := testenv.QueueDepth(t, vhost, "stompgate.archive"); n != 0 {
 		t.Fatalf("%d messages back in the queue: not acked", n)
 	}
 }
@@ -320,8 +320,8 @@ func TestSIGTERMSettlesBatchAndExitsZero(t *testing.T) {
 func TestKill9LosesNothingAndDuplicatesNothing(t *testing.T) {
 	t.Parallel()
 	const total = 10000
-	vhost := persisttest.Vhost(t)
-	dbURL := persisttest.DB(t)
+	vhost := testenv.Vhost(t)
+	dbURL := testenv.DB(t)
 	env := baseEnv(vhost, dbURL)
 	env["PERSIST_BATCH_SIZE"] = "200"
 	env["PERSIST_WRITE_MODE"] = "insert"
@@ -348,7 +348,7 @@ func TestKill9LosesNothingAndDuplicatesNothing(t *testing.T) {
 	}
 
 	start(t, env)
-	persisttest.WaitFor(t, 90*time.Second, func() error {
+	testenv.WaitFor(t, 90*time.Second, func() error {
 		if n := countRows(t, dbURL, "SELECT count(*) FROM stompgate_messages"); n != total {
 			return fmt.Errorf("%d rows, want %d", n, total)
 		}
@@ -357,8 +357,8 @@ func TestKill9LosesNothingAndDuplicatesNothing(t *testing.T) {
 	if n := countRows(t, dbURL, "SELECT count(DISTINCT message_id) FROM stompgate_messages"); n != total {
 		t.Fatalf("%d distinct ids, want %d", n, total)
 	}
-	persisttest.WaitFor(t, 20*time.Second, func() error {
-		if n := persisttest.QueueDepth(t, vhost, "stompgate.archive"); n != 0 {
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if n := testenv.QueueDepth(t, vhost, "stompgate.archive"); n != 0 {
 			return fmt.Errorf("%d left in the queue", n)
 		}
 		return nil

@@ -5,10 +5,8 @@ package testenv
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/jackc/pgx/v5"
 	"io"
 	"net/http"
 	"net/url"
@@ -38,6 +36,10 @@ func envOr(k, def string) string {
 	return def
 }
 
+// mgmtClient keeps no idle connections, so goleak in the packages using it
+// sees no leftover transport goroutines.
+var mgmtClient = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
 // Mgmt calls the RabbitMQ management API as guest; out may be nil.
 func Mgmt(method, path string, body, out any) error {
 	var rd io.Reader
@@ -54,9 +56,9 @@ func Mgmt(method, path string, body, out any) error {
 	}
 	req.SetBasicAuth("guest", "guest")
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := mgmtClient.Do(req)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -160,37 +162,4 @@ func Connections(vhost string) ([]Connection, error) {
 		return nil, err
 	}
 	return cs, nil
-}
-
-// PostgresURL is the local PostgreSQL server (trust auth, user postgres).
-var PostgresURL = envOr("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
-
-// Database creates a PostgreSQL database for this test only, dropped when
-// the test ends, and returns its URL.
-func Database(t testing.TB) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	admin, err := pgx.Connect(ctx, PostgresURL)
-	if err != nil {
-		t.Fatalf("connect to postgres: %v", err)
-	}
-	defer admin.Close(context.Background())
-	name := "sg_test_" + strings.ToLower(ulid.Make().String())
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		c, err := pgx.Connect(ctx, PostgresURL)
-		if err != nil {
-			return
-		}
-		defer c.Close(ctx)
-		_, _ = c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	})
-	u, _ := url.Parse(PostgresURL)
-	u.Path = "/" + name
-	return u.String()
 }

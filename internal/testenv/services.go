@@ -1,20 +1,15 @@
-// Package persisttest gives persister tests isolated pieces of the real local
-// services: a RabbitMQ vhost of their own (management HTTP API), a Postgres
-// database of their own, and a private, stoppable Postgres server. Nothing
-// here is a mock. Start the services with scripts/services.sh.
-package persisttest
+// Services beyond RabbitMQ vhosts: Postgres databases (shared or a private,
+// stoppable server), AMQP connections, queue depths and free ports.
+
+package testenv
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -28,97 +23,14 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// Addresses of the shared local services.
-const (
-	AMQPAddr  = "127.0.0.1:5672"
-	STOMPAddr = "127.0.0.1:61613"
-	MgmtURL   = "http://127.0.0.1:15672"
-	PGAddr    = "127.0.0.1:5432"
-)
-
-// WaitFor polls f until it returns nil or timeout passes, then fails t
-// with f's last error.
-func WaitFor(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	delay := 5 * time.Millisecond
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(delay)
-		delay = min(2*delay, 200*time.Millisecond)
-	}
-}
+// PGAddr is the shared local PostgreSQL server.
+const PGAddr = "127.0.0.1:5432"
 
 // Random returns n random hex characters.
 func Random(n int) string {
 	b := make([]byte, (n+1)/2)
 	rand.Read(b)
 	return hex.EncodeToString(b)[:n]
-}
-
-var mgmtClient = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-
-// Mgmt calls the RabbitMQ management API as guest and decodes a JSON answer
-// into out when out is not nil.
-func Mgmt(method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, MgmtURL+path, rd)
-	if err != nil {
-		return err
-	}
-	req.SetBasicAuth("guest", "guest")
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := mgmtClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, b)
-	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
-}
-
-// Vhost creates a RabbitMQ vhost for t, gives guest every permission on it
-// and deletes it when t ends. It returns the vhost's name.
-func Vhost(t testing.TB) string {
-	t.Helper()
-	name := "sg_test_" + Random(10)
-	if err := Mgmt("PUT", "/api/vhosts/"+name, map[string]any{}, nil); err != nil {
-		t.Fatalf("create vhost (is RabbitMQ up? bash scripts/services.sh): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := Mgmt("DELETE", "/api/vhosts/"+name, nil, nil); err != nil {
-			t.Errorf("delete vhost: %v", err)
-		}
-	})
-	if err := Mgmt("PUT", "/api/permissions/"+name+"/guest",
-		map[string]string{"configure": ".*", "write": ".*", "read": ".*"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	return name
-}
-
-// AMQPURL is the URL of vhost as guest.
-func AMQPURL(vhost string) string {
-	return "amqp://guest:guest@" + AMQPAddr + "/" + url.PathEscape(vhost)
 }
 
 // Dial connects to vhost as guest and closes the connection when t ends.
