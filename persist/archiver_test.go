@@ -18,8 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stompgate/stompgate/config"
-	"github.com/stompgate/stompgate/persist"
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/persist"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -14,8 +14,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stompgate/stompgate/config"
-	"github.com/stompgate/stompgate/persist"
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/persist"
 )
 
 // Benchmarks of the archive against the real local RabbitMQ and Postgres;

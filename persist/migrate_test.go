@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stompgate/stompgate/persist"
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/persist"
 )
 
 // Two processes starting at once both succeed and the schema is applied

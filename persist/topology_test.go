@@ -9,8 +9,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/stompgate/stompgate/persist"
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/persist"
 )
 
 // The persister's declarations agree with rabbitmq/definitions.json (a

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -161,39 +161,33 @@ func values(r Row) []any {
 	return []any{r.MessageID, r.Sender, r.Exchange, r.RoutingKey, ct, r.Headers, r.Body, r.PublishedAt}
 }
 
-// insertRows writes rows with multi-row INSERT … ON CONFLICT DO NOTHING
-// statements and returns how many were new.
+// insertRows writes rows with one INSERT … SELECT FROM unnest(arrays) …
+// ON CONFLICT DO NOTHING: eight array parameters in binary format, one
+// statement and one round trip whatever the batch size, and no temporary
+// table. It returns how many rows were new.
 func insertRows(ctx context.Context, tx pgx.Tx, rows []Row) (int, error) {
-	total := 0
-	for len(rows) > 0 {
-		part := rows[:min(len(rows), insertChunk)]
-		rows = rows[len(part):]
-		var sb strings.Builder
-		sb.WriteString("INSERT INTO stompgate_messages (" + insertColumns + ") VALUES ")
-		args := make([]any, 0, len(part)*8)
-		for i, r := range part {
-			if i > 0 {
-				sb.WriteByte(',')
-			}
-			sb.WriteByte('(')
-			for j := range 8 {
-				if j > 0 {
-					sb.WriteByte(',')
-				}
-				sb.WriteByte('$')
-				sb.WriteString(strconv.Itoa(i*8 + j + 1))
-			}
-			sb.WriteByte(')')
-			args = append(args, values(r)...)
+	var (
+		ids, senders, exchanges, keys = make([]string, len(rows)), make([]string, len(rows)), make([]string, len(rows)), make([]string, len(rows))
+		cts                           = make([]*string, len(rows))
+		headers, bodies               = make([]string, len(rows)), make([][]byte, len(rows))
+		published                     = make([]time.Time, len(rows))
+	)
+	for i := range rows {
+		r := &rows[i]
+		ids[i], senders[i], exchanges[i], keys[i] = r.MessageID, r.Sender, r.Exchange, r.RoutingKey
+		if r.ContentType != "" {
+			cts[i] = &r.ContentType
 		}
-		sb.WriteString(" ON CONFLICT DO NOTHING")
-		tag, err := tx.Exec(ctx, sb.String(), args...)
-		if err != nil {
-			return 0, fmt.Errorf("insert: %w", err)
-		}
-		total += int(tag.RowsAffected())
+		headers[i], bodies[i], published[i] = string(r.Headers), r.Body, r.PublishedAt
 	}
-	return total, nil
+	tag, err := tx.Exec(ctx, "INSERT INTO stompgate_messages ("+insertColumns+") "+
+		"SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::bytea[], $8::timestamptz[]) "+
+		"ON CONFLICT DO NOTHING",
+		ids, senders, exchanges, keys, cts, headers, bodies, published)
+	if err != nil {
+		return 0, fmt.Errorf("insert: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // copyRows streams rows with COPY into a session-local temporary table and
