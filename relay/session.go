@@ -50,6 +50,13 @@ type Session struct {
 	expiry    *time.Timer
 	readLimit time.Duration // client silence allowed before it is a zombie
 
+	// wmu serialises writes to the WebSocket (gorilla allows one writer at a
+	// time): the writer goroutine holds it for each batch, and the broker
+	// reader takes it with TryLock for its fast path (deliver).
+	wmu       sync.Mutex
+	writeErr  error        // first write error; guarded by wmu
+	lastWrite atomic.Int64 // Unix nanoseconds of the last write to the client
+
 	// Outbound queue: producers are the client reader, the broker reader and
 	// the server (drain); the consumer is the writer goroutine. Bounded by
 	// Config.SendBufferBytes: a producer that would overflow it ends the
@@ -275,10 +282,10 @@ func (s *Session) writeLoop() {
 	// nothing was written for half of it, so the client never waits more
 	// than the interval it was promised.
 	var (
-		beat      <-chan time.Time
-		every     time.Duration
-		lastWrite = time.Now()
+		beat  <-chan time.Time
+		every time.Duration
 	)
+	s.lastWrite.Store(time.Now().UnixNano())
 	for {
 		select {
 		case <-s.wake:
@@ -288,35 +295,29 @@ func (s *Session) writeLoop() {
 			beat = t.C
 			continue
 		case now := <-beat:
-			if now.Sub(lastWrite) >= every/2 {
-				_ = s.ws.SetWriteDeadline(now.Add(s.srv.cfg.SendTimeLimit))
-				if s.ws.WriteMessage(websocket.TextMessage, []byte{'\n'}) != nil || s.bc.w.Flush() != nil {
-					s.abort("heart-beat write failed")
-					return
-				}
-				lastWrite = now
+			if now.Sub(time.Unix(0, s.lastWrite.Load())) < every/2 {
+				continue
 			}
+			s.wmu.Lock()
+			_ = s.ws.SetWriteDeadline(now.Add(s.srv.cfg.SendTimeLimit))
+			err := s.ws.WriteMessage(websocket.TextMessage, []byte{'\n'})
+			if err == nil {
+				err = s.bc.w.Flush()
+			}
+			s.wmu.Unlock()
+			if err != nil {
+				s.abort("heart-beat write failed")
+				return
+			}
+			s.lastWrite.Store(now.UnixNano())
 			continue
 		}
-		s.mu.Lock()
-		batch, queued, pongs := s.queue, s.queued, s.pongs
-		s.queue, s.queued, s.pongs = s.spare[:0], 0, nil
-		closing, final, code := s.closing, s.final, s.closeCode
-		s.mu.Unlock()
-
-		deadline := time.Now().Add(s.srv.cfg.SendTimeLimit)
-		_ = s.ws.SetWriteDeadline(deadline)
-		err := s.writeBatch(batch, pongs, deadline)
-		s.srv.metrics.OutboundBytes.Sub(float64(queued))
-		for i := range batch {
-			batch[i] = outFrame{}
+		s.wmu.Lock()
+		closing, final, code, err := s.writeQueued()
+		if err == nil && closing {
+			s.finish(final, code)
 		}
-		s.mu.Lock()
-		s.spare = batch[:0]
-		s.mu.Unlock()
-		if len(batch) > 0 {
-			lastWrite = time.Now()
-		}
+		s.wmu.Unlock()
 		if err != nil {
 			if isTimeout(err) {
 				s.srv.metrics.Rejections.WithLabelValues(CodeSlowConsumer).Inc()
@@ -327,10 +328,64 @@ func (s *Session) writeLoop() {
 			return
 		}
 		if closing {
-			s.finish(final, code)
 			return
 		}
 	}
+}
+
+// deliver is the broker reader's fast path (brokerLoop's idle hook): when
+// nobody is writing, it writes what is queued itself instead of waking the
+// writer, saving a goroutine hand-off per batch. Anything it cannot finish
+// (a close, a write error) is left to the writer.
+func (s *Session) deliver() {
+	if !s.wmu.TryLock() {
+		s.signal()
+		return
+	}
+	s.mu.Lock()
+	handOff := s.closing || len(s.pongs) > 0
+	s.mu.Unlock()
+	if handOff {
+		s.wmu.Unlock()
+		s.signal()
+		return
+	}
+	_, _, _, err := s.writeQueued()
+	s.wmu.Unlock()
+	if err != nil {
+		s.signal()
+	}
+}
+
+// writeQueued writes and flushes everything queued, with a write deadline
+// of EDGE_SEND_TIME_LIMIT, and reports whether the session is closing. The
+// caller holds wmu. A write error is sticky: gorilla's connection is
+// unusable after one, so later calls return it at once.
+func (s *Session) writeQueued() (closing bool, final []byte, code int, err error) {
+	if s.writeErr != nil {
+		return false, nil, 0, s.writeErr
+	}
+	s.mu.Lock()
+	batch, queued, pongs := s.queue, s.queued, s.pongs
+	s.queue, s.queued, s.pongs = s.spare[:0], 0, nil
+	closing, final, code = s.closing, s.final, s.closeCode
+	s.mu.Unlock()
+
+	deadline := time.Now().Add(s.srv.cfg.SendTimeLimit)
+	_ = s.ws.SetWriteDeadline(deadline)
+	err = s.writeBatch(batch, pongs, deadline)
+	s.srv.metrics.OutboundBytes.Sub(float64(queued))
+	for i := range batch {
+		batch[i] = outFrame{}
+	}
+	s.mu.Lock()
+	s.spare = batch[:0]
+	s.mu.Unlock()
+	if len(batch) > 0 {
+		s.lastWrite.Store(time.Now().UnixNano())
+	}
+	s.writeErr = err
+	return closing, final, code, err
 }
 
 func (s *Session) writeBatch(batch []outFrame, pongs [][]byte, deadline time.Time) error {
@@ -829,7 +884,7 @@ var errStopReading = errors.New("stop reading")
 // brokerLoop forwards broker frames to the client until the link ends.
 func (s *Session) brokerLoop() {
 	defer close(s.brokerDone)
-	err := s.link.ReadLoop(s.signal, func(f *frame.Frame) error {
+	err := s.link.ReadLoop(s.deliver, func(f *frame.Frame) error {
 		received := time.Now()
 		switch f.Command {
 		case frame.MESSAGE:
