@@ -9,7 +9,8 @@
 #   closed  topic 1→1, SIZE-byte bodies, at most INFLIGHT in flight: throughput
 #   rate    topic 1→1, RATE msgs/s steady: latency percentiles
 #
-# Knobs (environment): DURATION (20s), WARMUP (3s), ROUNDS (3), SIZE (256),
+# Knobs (environment): EDGE_GOMAXPROCS (nproc; the edge's Go threads),
+# DURATION (20s), WARMUP (3s), ROUNDS (3), SIZE (256),
 # INFLIGHT (100), RATE (1000), PAIRS (1), OUT (results directory, default a
 # new temp dir), PROFILE=1 (perf-record the edge during its first closed run;
 # needs perf). Loopback only; it stops by itself.
@@ -45,6 +46,7 @@ EDGE_LISTEN=127.0.0.1:0 \
   EDGE_BROKER_LOGIN=guest EDGE_BROKER_PASSCODE=guest EDGE_BROKER_VHOST=/ \
   EDGE_DRAIN_DELAY=0s EDGE_DRAIN_PERIOD=1s \
   LOG_LEVEL=warn \
+  GOMAXPROCS="${EDGE_GOMAXPROCS:-$(nproc)}" \
   bin/edge >"$OUT/edge.log" 2>&1 &
 edge_pid=$!
 cleanup() {
