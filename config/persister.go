@@ -12,8 +12,9 @@ const (
 	// WriteModeCopy streams a batch with COPY into a temporary table and
 	// moves it with INSERT … SELECT … ON CONFLICT DO NOTHING.
 	WriteModeCopy = "copy"
-	// WriteModeInsert writes a batch with multi-row INSERT … ON CONFLICT DO
-	// NOTHING statements.
+	// WriteModeInsert writes a batch with one INSERT … SELECT FROM
+	// unnest(arrays) … ON CONFLICT DO NOTHING (the default: the faster mode
+	// on the benchmark machine, see docs/BENCHMARKS.md).
 	WriteModeInsert = "insert"
 )
 
@@ -56,7 +57,8 @@ type Persister struct {
 	// PERSIST_WRITERS, goroutines, default 2, 1 to 16.
 	Writers int
 	// WriteMode is "copy" (COPY into a temp table, then INSERT … SELECT) or
-	// "insert" (multi-row INSERT). PERSIST_WRITE_MODE, default copy.
+	// "insert" (one INSERT … SELECT FROM unnest). PERSIST_WRITE_MODE,
+	// default insert.
 	WriteMode string
 	// RetryMin and RetryMax bound the capped exponential backoff (with
 	// jitter) between attempts to write a batch while Postgres fails, and
@@ -99,7 +101,7 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 		BatchSize:       e.Int("PERSIST_BATCH_SIZE", 500, 1),
 		BatchWait:       e.Duration("PERSIST_BATCH_WAIT", 20*time.Millisecond, 0),
 		Writers:         e.Int("PERSIST_WRITERS", 2, 1),
-		WriteMode:       strings.ToLower(e.String("PERSIST_WRITE_MODE", WriteModeCopy)),
+		WriteMode:       strings.ToLower(e.String("PERSIST_WRITE_MODE", WriteModeInsert)),
 		RetryMin:        e.Duration("PERSIST_RETRY_MIN", 100*time.Millisecond, time.Millisecond),
 		RetryMax:        e.Duration("PERSIST_RETRY_MAX", 5*time.Second, time.Millisecond),
 		ShutdownTimeout: e.Duration("PERSIST_SHUTDOWN_TIMEOUT", 30*time.Second, 0),

@@ -109,7 +109,7 @@ func BenchmarkRawConsume(b *testing.B) {
 // both write modes and several batch sizes.
 func BenchmarkArchive(b *testing.B) {
 	for _, mode := range []string{config.WriteModeCopy, config.WriteModeInsert} {
-		for _, c := range []struct{ size, writers int }{{1, 2}, {100, 2}, {500, 1}, {500, 2}, {500, 4}} {
+		for _, c := range []struct{ size, writers int }{{1, 2}, {100, 2}, {500, 1}, {500, 2}, {500, 4}, {500, 3}, {1000, 3}} {
 			b.Run(fmt.Sprintf("mode=%s/batch=%d/writers=%d", mode, c.size, c.writers), func(b *testing.B) {
 				benchArchive(b, mode, c.size, c.writers)
 			})

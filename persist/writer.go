@@ -41,10 +41,6 @@ type Rejection struct {
 	Reason string // the database's error, e.g. "ERROR: unsupported Unicode escape sequence (SQLSTATE 22P05)"
 }
 
-// insertChunk bounds the rows of one multi-row INSERT: 8 parameters a row,
-// well under Postgres' 65535 bind parameters.
-const insertChunk = 1000
-
 const insertColumns = "message_id, sender, exchange, routing_key, content_type, headers, body, published_at"
 
 // Write commits rows in one transaction and reports what happened. When the

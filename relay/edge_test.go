@@ -727,3 +727,37 @@ func TestTokenExpiryClosesIdleSession(t *testing.T) {
 		t.Fatalf("got %s %v, want ERROR token_expired", f.Command, f.Header)
 	}
 }
+
+// staleRevocations is a revocation list whose database is unreachable: the
+// edge keeps enforcing the last known list and says so in /readyz.
+type staleRevocations struct{}
+
+func (staleRevocations) IsRevoked(sub, _ string) (bool, string) { return sub == "banned", "last known list" }
+func (staleRevocations) Healthy() bool                          { return false }
+
+func TestReadyzReportsStaleRevocations(t *testing.T) {
+	t.Parallel()
+	e := startEdgeWith(t, testenv.Vhost(t), nil, func(d *Deps) { d.Revocations = staleRevocations{} })
+	resp, err := http.Get(e.http.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `"revocations":"stale"`) {
+		t.Fatalf("readyz %d %s: want 200 with revocations stale", resp.StatusCode, body)
+	}
+	c := e.mustDial(nil)
+	c.raw("CONNECT\naccept-version:1.2\nAuthorization:Bearer " + testenv.Token(t, "banned", nil) + "\n\n\x00")
+	c.expectError(CodeRevoked)
+
+	off := startEdge(t, nil)
+	resp, err = http.Get(off.http.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(resp.Body); !strings.Contains(body, `"revocations":"off"`) {
+		t.Fatalf("readyz without a database: %s", body)
+	}
+	resp.Body.Close()
+}
