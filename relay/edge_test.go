@@ -732,8 +732,10 @@ func TestTokenExpiryClosesIdleSession(t *testing.T) {
 // edge keeps enforcing the last known list and says so in /readyz.
 type staleRevocations struct{}
 
-func (staleRevocations) IsRevoked(sub, _ string) (bool, string) { return sub == "banned", "last known list" }
-func (staleRevocations) Healthy() bool                          { return false }
+func (staleRevocations) IsRevoked(sub, _ string) (bool, string) {
+	return sub == "banned", "last known list"
+}
+func (staleRevocations) Healthy() bool { return false }
 
 func TestReadyzReportsStaleRevocations(t *testing.T) {
 	t.Parallel()
