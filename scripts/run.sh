@@ -9,7 +9,7 @@ export EDGE_JWT_HS256_SECRET
 export EDGE_DATABASE_URL="${EDGE_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/stompgate?sslmode=disable}"
 listen="${EDGE_LISTEN:-:8080}"
 port="${listen##*:}"
-token=$(bin/edgectl token --sub alice --ttl 24h --scope "subscribe:/topic/room.* send:/topic/room.* subscribe:/user/queue/* send:/app/room.*")
+token=$(bin/edgectl token --sub alice --ttl 24h --scope "subscribe:/topic/room.* send:/topic/room.* send:/app/room.*")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM

@@ -171,7 +171,10 @@ func startRevocations(ctx context.Context, url string, reg prometheus.Registerer
 		// with backoff while the database is unreachable.
 		for wait := 250 * time.Millisecond; ; wait = min(2*wait, 15*time.Second) {
 			mctx, mcancel := context.WithTimeout(runCtx, 10*time.Second)
-			err := persist.Migrate(mctx, pool)
+			_, err := persist.EnsureDatabase(mctx, url)
+			if err == nil {
+				err = persist.Migrate(mctx, pool)
+			}
 			mcancel()
 			if err == nil {
 				break

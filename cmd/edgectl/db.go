@@ -25,6 +25,9 @@ func openDB(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if url == "" {
 		return nil, errors.New("no database: set EDGE_DATABASE_URL or pass --database")
 	}
+	if _, err := persist.EnsureDatabase(ctx, url); err != nil {
+		return nil, err
+	}
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)

@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,8 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -53,7 +50,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	log := slog.New(handler)
 
-	if err := ensureDatabase(ctx, cfg.DatabaseURL, log); err != nil {
+	ectx, cancel := context.WithTimeout(ctx, startTimeout)
+	created, err := persist.EnsureDatabase(ectx, cfg.DatabaseURL)
+	cancel()
+	if created {
+		log.Info("database created")
+	}
+	if err != nil {
 		return err
 	}
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
@@ -109,38 +112,3 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	return nil
 }
 
-// ensureDatabase creates the database named in dbURL when it does not
-// exist, connecting to the "postgres" database of the same server, so that
-// a fresh machine needs no manual step.
-func ensureDatabase(ctx context.Context, dbURL string, log *slog.Logger) error {
-	ctx, cancel := context.WithTimeout(ctx, startTimeout)
-	defer cancel()
-	cc, err := pgx.ParseConfig(dbURL)
-	if err != nil {
-		return fmt.Errorf("PERSIST_DATABASE_URL: %w", err)
-	}
-	name := cc.Database
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err == nil {
-		return conn.Close(ctx)
-	}
-	var pe *pgconn.PgError
-	if !errors.As(err, &pe) || pe.Code != "3D000" { // invalid_catalog_name
-		return fmt.Errorf("connect to postgres: %w", err)
-	}
-	cc.Database = "postgres"
-	admin, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		return fmt.Errorf("connect to postgres to create database %s: %w", name, err)
-	}
-	defer admin.Close(context.WithoutCancel(ctx))
-	_, err = admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
-	if errors.As(err, &pe) && pe.Code == "42P04" { // duplicate_database: created concurrently
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("create database %s: %w", name, err)
-	}
-	log.Info("database created", "database", name)
-	return nil
-}
