@@ -111,4 +111,3 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	log.Info("persister stopped")
 	return nil
 }
-
