@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -42,24 +41,7 @@ type edge struct {
 	url     string // ws://.../ws
 	vhost   string
 	metrics *Metrics
-	logs    *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs    *testenv.SyncBuffer
 }
 
 func baseEnv(vhost string) map[string]string {
@@ -103,7 +85,7 @@ func startEdgeWith(t *testing.T, vhost string, env map[string]string, deps func(
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	m := NewMetrics(prometheus.NewRegistry())
 	d := Deps{
 		Config: cfg, Verifier: verifier, Origins: origins, Metrics: m,

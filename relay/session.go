@@ -234,11 +234,17 @@ func (s *Session) end(final *frame.Frame, reason string, drop bool) {
 	})
 }
 
+// reasonSendTimeout ends a session whose socket did not take a write within
+// EDGE_SEND_TIME_LIMIT: a slow consumer, though no ERROR can reach it.
+const reasonSendTimeout = "client did not drain within the send time limit"
+
 func closeReasonLabel(final *frame.Frame, reason string) string {
 	if final != nil {
 		return final.Header.Get("x-error-code")
 	}
 	switch reason {
+	case reasonSendTimeout:
+		return CodeSlowConsumer
 	case "client disconnect", "heart-beat timeout", "client closed":
 		return strings.ReplaceAll(reason, " ", "_")
 	}
@@ -321,7 +327,7 @@ func (s *Session) writeLoop() {
 		if err != nil {
 			if isTimeout(err) {
 				s.srv.metrics.Rejections.WithLabelValues(CodeSlowConsumer).Inc()
-				s.abort("client did not drain within the send time limit")
+				s.abort(reasonSendTimeout)
 			} else {
 				s.abort("write failed: " + err.Error())
 			}

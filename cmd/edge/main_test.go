@@ -7,20 +7,11 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stompgate/stompgate/internal/testenv"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func TestRunRefusesBadSettings(t *testing.T) {
 	env := map[string]string{"EDGE_JWT_HS256_SECRET": testenv.Secret, "EDGE_ALLOWED_ORIGINS": "*", "EDGE_DRAIN_PERIOD": "soon"}
@@ -38,7 +29,7 @@ func TestRunServesAndDrains(t *testing.T) {
 		"EDGE_DATABASE_URL": testenv.DB(t), "EDGE_DRAIN_DELAY": "0s", "EDGE_DRAIN_PERIOD": "0s",
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	out := &syncBuf{}
+	out := &testenv.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out) }()
 	var addr string

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -91,7 +89,7 @@ func TestRunCreatesDatabaseAndServesMetrics(t *testing.T) {
 	env["LOG_FORMAT"] = "json"
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1) // run's result
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	go func() { done <- run(ctx, nil, testenv.Env(env), io.MultiWriter(logs, t.Output())) }()
 	defer func() {
 		cancel()
@@ -373,22 +371,4 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
