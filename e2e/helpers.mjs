@@ -698,3 +698,30 @@ async function spawnPersister(db, port, vhost, env) {
   };
   return p;
 }
+
+// ------------------------------------------------------- stompjs receipts
+
+/** A name unique to this run, for queues, ids and markers. */
+export const uniq = (p) => `${p}-${randomBytes(4).toString('hex')}`;
+
+/**
+ * Subscribes through h (a connectStomp handle) with a receipt and resolves
+ * once the broker has the subscription.
+ */
+export async function subscribeReady(h, destination, headers = {}) {
+  const receipt = uniq('sub');
+  const got = deferred();
+  h.client.watchForReceipt(receipt, got.resolve);
+  const s = h.collect(destination, { ...headers, receipt });
+  await withTimeout(got.promise, 5000, `RECEIPT for SUBSCRIBE ${destination}`);
+  return s;
+}
+
+/** Publishes through h with a receipt and resolves with the RECEIPT frame. */
+export async function publishConfirmed(h, params) {
+  const receipt = uniq('pub');
+  const got = deferred();
+  h.client.watchForReceipt(receipt, got.resolve);
+  h.client.publish({ ...params, headers: { ...(params.headers || {}), receipt } });
+  return withTimeout(got.promise, 5000, `RECEIPT for SEND to ${params.destination}`);
+}

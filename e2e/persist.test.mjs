@@ -11,6 +11,9 @@ import { after, before, describe, it } from 'node:test';
 import amqp from 'amqplib';
 
 import {
+  uniq,
+  subscribeReady,
+  publishConfirmed,
   amqpURL,
   connectStomp,
   createVhost,
@@ -24,27 +27,8 @@ import {
 
 const T = { timeout: 20000 };
 const ROOM = '/topic/room.7';
-const uniq = (p) => `${p}-${randomBytes(4).toString('hex')}`;
 const ULID = /^[0-9A-HJKMNP-TV-Z]{26}$/;
 
-/** Subscribes with a receipt and resolves once the broker has the subscription. */
-async function subscribeReady(h, destination) {
-  const receipt = uniq('sub');
-  const got = deferred();
-  h.client.watchForReceipt(receipt, got.resolve);
-  const s = h.collect(destination, { receipt });
-  await withTimeout(got.promise, 5000, `RECEIPT for SUBSCRIBE ${destination}`);
-  return s;
-}
-
-/** Publishes with a receipt and resolves with the RECEIPT frame. */
-async function publishConfirmed(h, params) {
-  const receipt = uniq('pub');
-  const got = deferred();
-  h.client.watchForReceipt(receipt, got.resolve);
-  h.client.publish({ ...params, headers: { ...(params.headers || {}), receipt } });
-  return withTimeout(got.promise, 5000, `RECEIPT for SEND to ${params.destination}`);
-}
 
 /** The single archived row of (sender?, message_id), as an object, or null. */
 async function archivedRow(persister, messageId, sender) {

@@ -1,32 +1,12 @@
 // @stomp/stompjs v7 under Node (through `ws`) against a real edge and a real
 // RabbitMQ: what an application developer using the edge sees.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 
-import { deferred, queueInfo, rawSession, frameBytes, setup, waitFor, withTimeout } from './helpers.mjs';
+import { deferred, queueInfo, rawSession, frameBytes, setup, waitFor, withTimeout, uniq, subscribeReady, publishConfirmed } from './helpers.mjs';
 
 const T = { timeout: 20000 };
-const uniq = (p) => `${p}-${randomBytes(3).toString('hex')}`;
 
-/** Subscribes with a receipt and resolves once the broker has the subscription. */
-async function subscribeReady(h, destination, headers = {}) {
-  const receipt = uniq('sub');
-  const got = deferred();
-  h.client.watchForReceipt(receipt, got.resolve);
-  const s = h.collect(destination, { ...headers, receipt });
-  await withTimeout(got.promise, 5000, `RECEIPT for SUBSCRIBE ${destination}`);
-  return s;
-}
-
-/** Publishes with a receipt and resolves with the RECEIPT frame. */
-async function publishConfirmed(h, params) {
-  const receipt = uniq('pub');
-  const got = deferred();
-  h.client.watchForReceipt(receipt, got.resolve);
-  h.client.publish({ ...params, headers: { ...(params.headers || {}), receipt } });
-  return withTimeout(got.promise, 5000, `RECEIPT for SEND to ${params.destination}`);
-}
 
 describe('stompjs client through the edge', () => {
   let fx;
