@@ -54,6 +54,7 @@ describe('demo chat page in Chromium', () => {
     const page = await open({ token: fx.edge.token({ sub: 'alice' }), room: 'e2e', autoconnect: '1' });
     await page.locator('#status[data-state=connected]').waitFor();
     assert.match(await page.locator('#status').textContent(), /connected as alice to \/topic\/room\.e2e/);
+    assert.ok(!page.url().includes('token='), `the token stays in the address bar: ${page.url()}`);
 
     await page.locator('#text').fill('hello from chromium');
     await page.locator('#text').press('Enter');

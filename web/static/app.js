@@ -7,6 +7,12 @@
   const params = new URLSearchParams(location.search);
   $('token').value = params.get('token') || localStorage.getItem('stompgate.token') || '';
   if (params.get('room')) $('room').value = params.get('room');
+  if (params.has('token')) {
+    // Keep the token out of the address bar and browser history.
+    params.delete('token');
+    const rest = params.toString();
+    history.replaceState(null, '', location.pathname + (rest ? '?' + rest : ''));
+  }
 
   const explain = {
     unauthenticated: 'the token is missing or invalid: paste a fresh one',
