@@ -56,6 +56,11 @@ type Edge struct {
 
 	DatabaseURL string // EDGE_DATABASE_URL, optional
 
+	// SchedPolicy is EDGE_SCHED_POLICY: "batch" (default, SCHED_BATCH: a
+	// woken edge thread does not preempt a running task, so frames relay in
+	// batches when the machine is busy) or "other" (the kernel default).
+	SchedPolicy string
+
 	LogFrames bool   // EDGE_LOG_FRAMES, default false
 	LogFormat string // LOG_FORMAT: "text" (default) or "json"
 	LogLevel  string // LOG_LEVEL: debug, info (default), warn, error
@@ -101,6 +106,7 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 		DrainDelay:         e.Duration("EDGE_DRAIN_DELAY", 5*time.Second, 0),
 		DrainPeriod:        e.Duration("EDGE_DRAIN_PERIOD", 30*time.Second, 0),
 		DatabaseURL:        e.String("EDGE_DATABASE_URL", ""),
+		SchedPolicy:        e.SchedPolicy("EDGE_SCHED_POLICY"),
 		LogFrames:          e.Bool("EDGE_LOG_FRAMES", false),
 		LogFormat:          e.String("LOG_FORMAT", "text"),
 		LogLevel:           e.String("LOG_LEVEL", "info"),

@@ -38,6 +38,7 @@ func TestLoadEdgeDefaults(t *testing.T) {
 		{"AllowMissingOrigin", c.AllowMissingOrigin, true},
 		{"BrokerAddrs", strings.Join(c.BrokerAddrs, ","), "127.0.0.1:61613"},
 		{"RateSession unlimited", c.RateSession.Unlimited(), true},
+		{"SchedPolicy", c.SchedPolicy, "batch"},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {
@@ -61,6 +62,7 @@ func TestLoadEdgeErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_ALLOW_MISSING_ORIGIN": "maybe"}, []string{"EDGE_ALLOW_MISSING_ORIGIN"}},
 		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_BROKER_ADDRS": "rabbit"}, []string{"EDGE_BROKER_ADDRS"}},
 		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_SEND_BUFFER_BYTES": "2KiB"}, []string{"EDGE_SEND_BUFFER_BYTES"}},
+		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_SCHED_POLICY": "fifo"}, []string{"EDGE_SCHED_POLICY", "batch"}},
 		{map[string]string{"EDGE_JWT_JWKS_URL": "http://idp.example/jwks"}, []string{"EDGE_JWT_JWKS_URL", "https"}},
 		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "LOG_FORMAT": "xml", "EDGE_MAX_SUBSCRIPTIONS": "0"},
 			[]string{"LOG_FORMAT", "EDGE_MAX_SUBSCRIPTIONS"}}, // reported together

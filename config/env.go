@@ -63,6 +63,17 @@ func (e *env) Bool(name string, def bool) bool {
 	return b
 }
 
+// SchedPolicy reads a process scheduling policy: "batch" (the default) or
+// "other"; internal/sched applies it.
+func (e *env) SchedPolicy(name string) string {
+	v := strings.ToLower(e.String(name, "batch"))
+	if v != "batch" && v != "other" {
+		e.fail(name, "%q is neither batch nor other", v)
+		return "batch"
+	}
+	return v
+}
+
 func (e *env) Int(name string, def, min int) int {
 	v, ok := e.raw(name)
 	if !ok {

@@ -7,9 +7,14 @@
 # Scenarios (each run alternately through the edge and through Web-STOMP,
 # edge, webstomp, edge, webstomp, ... ROUNDS times; medians are reported):
 #   closed  topic 1→1, SIZE-byte bodies, at most INFLIGHT in flight: throughput
+#   closedb the closed loop again with stompload itself under SCHED_BATCH
+#           (chrt -b) for both targets: the control that gives Web-STOMP the
+#           same batching the edge's default EDGE_SCHED_POLICY=batch brings
 #   rate    topic 1→1, RATE msgs/s steady: latency percentiles
 #
 # Knobs (environment): EDGE_GOMAXPROCS (nproc; the edge's Go threads),
+# EDGE_SCHED_POLICY (batch; "other" for the kernel default), SCENARIOS
+# ("closed closedb rate"),
 # DURATION (20s), WARMUP (3s), ROUNDS (3), SIZE (256),
 # INFLIGHT (100), RATE (1000), PAIRS (1), OUT (results directory, default a
 # new temp dir), PROFILE=1 (perf-record the edge during its first closed run;
@@ -25,6 +30,7 @@ INFLIGHT=${INFLIGHT:-100}
 RATE=${RATE:-1000}
 PAIRS=${PAIRS:-1}
 PROFILE=${PROFILE:-0}
+SCENARIOS=${SCENARIOS:-closed closedb rate}
 WEBSTOMP_URL=${WEBSTOMP_URL:-ws://127.0.0.1:15674/ws}
 OUT=${OUT:-$(mktemp -d /tmp/stompgate-bench.XXXXXX)}
 mkdir -p "$OUT"
@@ -46,6 +52,7 @@ EDGE_LISTEN=127.0.0.1:0 \
   EDGE_BROKER_LOGIN=guest EDGE_BROKER_PASSCODE=guest EDGE_BROKER_VHOST=/ \
   EDGE_DRAIN_DELAY=0s EDGE_DRAIN_PERIOD=1s \
   LOG_LEVEL=warn \
+  EDGE_SCHED_POLICY="${EDGE_SCHED_POLICY:-batch}" \
   GOMAXPROCS="${EDGE_GOMAXPROCS:-$(nproc)}" \
   bin/edge >"$OUT/edge.log" 2>&1 &
 edge_pid=$!
@@ -79,13 +86,14 @@ ncpu=$(nproc)
 
 # one TARGET SCENARIO ROUND: one stompload run, its JSON line saved.
 one() {
-  local target=$1 scenario=$2 round=$3 url creds mode
+  local target=$1 scenario=$2 round=$3 url creds mode prefix=()
   case $target in
     edge) url=$EDGE_URL creds=(--token-secret "$secret") ;;
     webstomp) url=$WEBSTOMP_URL creds=(--login guest --passcode guest --vhost /) ;;
   esac
   case $scenario in
     closed) mode=(--mode closed --inflight "$INFLIGHT") ;;
+    closedb) mode=(--mode closed --inflight "$INFLIGHT") prefix=(chrt -b 0) ;;
     rate) mode=(--mode rate --rate "$RATE") ;;
   esac
   local name="$scenario-$round-$target" perf_pid=
@@ -97,7 +105,7 @@ one() {
   e0=$(cpu_ticks "$edge_pid") b0=$(cpu_ticks "$beam_pid") t0=$(date +%s.%N) m0=$(busy_ticks)
   log "run $name"
   STOMPLOAD_TOKEN_SECRET= /usr/bin/time -f '%e %U %S' -o "$OUT/$name.time" \
-    bin/stompload --url "$url" "${creds[@]}" "${mode[@]}" \
+    "${prefix[@]}" bin/stompload --url "$url" "${creds[@]}" "${mode[@]}" \
     --size "$SIZE" --pairs "$PAIRS" --duration "$DURATION" --warmup "$WARMUP" \
     --run-id "$name-$$" >"$OUT/$name.txt"
   local e1 b1 t1 m1
@@ -117,7 +125,7 @@ one() {
 }
 
 : >"$OUT/results.jsonl"
-for scenario in closed rate; do
+for scenario in $SCENARIOS; do
   for ((round = 1; round <= ROUNDS; round++)); do
     for target in edge webstomp; do
       one "$target" "$scenario" "$round"
@@ -133,7 +141,7 @@ fi
 
 # Medians per target and scenario, and the table.
 jq -rs --arg ncpu "$ncpu" --arg size "$SIZE" --arg inflight "$INFLIGHT" --arg rate "$RATE" --arg dur "$DURATION" --arg pairs "$PAIRS" '
-  def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def med(s; t; f): [.[] | select(.scenario == s and .target == t) | f] | median;
   def r2: . * 100 | round / 100;
   def r3: . * 1000 | round / 1000;
@@ -141,6 +149,8 @@ jq -rs --arg ncpu "$ncpu" --arg size "$SIZE" --arg inflight "$INFLIGHT" --arg ra
   . as $all |
   ($all | med("closed"; "edge"; .throughput_msgs_per_s)) as $te |
   ($all | med("closed"; "webstomp"; .throughput_msgs_per_s)) as $tw |
+  ($all | med("closedb"; "edge"; .throughput_msgs_per_s)) as $teb |
+  ($all | med("closedb"; "webstomp"; .throughput_msgs_per_s)) as $twb |
   ($all | med("closed"; "edge"; .latency_ms.p99)) as $cpe |
   ($all | med("closed"; "webstomp"; .latency_ms.p99)) as $cpw |
   ($all | med("rate"; "edge"; .latency_ms.p50)) as $p50e |
@@ -160,6 +170,7 @@ jq -rs --arg ncpu "$ncpu" --arg size "$SIZE" --arg inflight "$INFLIGHT" --arg ra
   "| scenario (medians of \($all | map(select(.scenario == "closed" and .target == "edge")) | length) runs each) | edge | Web-STOMP | edge vs Web-STOMP | target | met |",
   "|---|---:|---:|---:|---|---|",
   "| closed loop 1→\($pairs)×1, \($size) B, ≤\($inflight) in flight, \($dur): throughput msgs/s | \($te | round) | \($tw | round) | \(($te / $tw) | r2)× | ≥ 0.90× | \(yes($te / $tw >= 0.9)) |",
+  (if $teb then "| same, stompload under SCHED_BATCH for both targets: throughput msgs/s | \($teb | round) | \($twb | round) | \(($teb / $twb) | r2)× | ≥ 0.90× | \(yes($teb / $twb >= 0.9)) |" else empty end),
   "| closed loop: p99 latency ms | \($cpe | r3) | \($cpw | r3) | \(($cpe - $cpw) | r3) ms | – | – |",
   "| closed loop: CPU cores used by edge / broker / stompload (machine busy, of \($ncpu)) | \($ecpu) / \($bcpue) / \($lcpue) (\($busye)) | – / \($bcpuw) / \($lcpuw) (\($busyw)) | – | – | – |",
   "| steady \($rate) msgs/s, \($dur): p50 latency ms | \($p50e | r3) | \($p50w | r3) | \(($p50e - $p50w) | r3) ms | – | – |",

@@ -24,6 +24,7 @@ import (
 
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/internal/sched"
 	"github.com/stompgate/stompgate/persist"
 	"github.com/stompgate/stompgate/relay"
 	"github.com/stompgate/stompgate/web"
@@ -49,6 +50,10 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		return err
 	}
 	log := newLogger(cfg, stdout)
+	if err := sched.Apply(sched.Policy(cfg.SchedPolicy)); err != nil {
+		// Not fatal: the edge is correct under any policy, only busier.
+		log.Warn("EDGE_SCHED_POLICY not applied; running under the kernel's default", "policy", cfg.SchedPolicy, "err", err)
+	}
 	origins, err := auth.NewOriginPolicy(cfg.AllowedOrigins, cfg.AllowMissingOrigin)
 	if err != nil {
 		return fmt.Errorf("EDGE_ALLOWED_ORIGINS: %w", err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stompgate/stompgate/internal/sched"
 	"github.com/stompgate/stompgate/internal/testenv"
 )
 
@@ -41,6 +42,18 @@ func TestRunServesAndDrains(t *testing.T) {
 		addr = m[1]
 		return nil
 	})
+	// EDGE_SCHED_POLICY defaults to batch: every thread of the process,
+	// including those the HTTP server started, runs under SCHED_BATCH.
+	t.Cleanup(func() { _ = sched.Apply(sched.Other) })
+	tids, err := sched.Threads()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tid := range tids {
+		if p, err := sched.Of(tid); err == nil && p != sched.Batch {
+			t.Errorf("thread %d runs under %s, want batch", tid, p)
+		}
+	}
 	for path, want := range map[string]string{"/healthz": "ok", "/readyz": `"revocations":"ok"`, "/metrics": "stompgate_sessions_active", "/": "stompgate demo chat"} {
 		testenv.WaitFor(t, 10*time.Second, func() error {
 			resp, err := http.Get("http://" + addr + path)
