@@ -9,12 +9,14 @@ import (
 
 // Write modes of the persister (PERSIST_WRITE_MODE).
 const (
-	// WriteModeCopy streams a batch with COPY into a temporary table and
-	// moves it with INSERT … SELECT … ON CONFLICT DO NOTHING.
+	// WriteModeCopy streams a batch with binary COPY straight into the
+	// table; a batch that holds an already archived message (a
+	// redelivery) fails as a whole and is redone the WriteModeInsert way.
+	// The default: the faster mode on the benchmark machine, see
+	// docs/BENCHMARKS.md.
 	WriteModeCopy = "copy"
 	// WriteModeInsert writes a batch with one INSERT … SELECT FROM
-	// unnest(arrays) … ON CONFLICT DO NOTHING (the default: the faster mode
-	// on the benchmark machine, see docs/BENCHMARKS.md).
+	// unnest(arrays) … ON CONFLICT DO NOTHING.
 	WriteModeInsert = "insert"
 )
 
@@ -56,10 +58,16 @@ type Persister struct {
 	// Postgres connection; acks still go out in delivery order.
 	// PERSIST_WRITERS, goroutines, default 2, 1 to 16.
 	Writers int
-	// WriteMode is "copy" (COPY into a temp table, then INSERT … SELECT) or
-	// "insert" (one INSERT … SELECT FROM unnest). PERSIST_WRITE_MODE,
-	// default insert.
+	// WriteMode is "copy" (binary COPY into the table; a batch holding a
+	// redelivery is redone as an insert) or "insert" (one INSERT … SELECT
+	// FROM unnest … ON CONFLICT DO NOTHING). PERSIST_WRITE_MODE, default
+	// copy.
 	WriteMode string
+	// SchedPolicy is the process's CPU scheduling policy, "batch"
+	// (SCHED_BATCH: woken threads do not preempt, so deliveries are read
+	// and written in larger runs on a busy machine) or "other" (the kernel
+	// default). PERSIST_SCHED_POLICY, default batch.
+	SchedPolicy string
 	// RetryMin and RetryMax bound the capped exponential backoff (with
 	// jitter) between attempts to write a batch while Postgres fails, and
 	// between reconnects to RabbitMQ. PERSIST_RETRY_MIN default 100ms,
@@ -101,7 +109,8 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 		BatchSize:       e.Int("PERSIST_BATCH_SIZE", 500, 1),
 		BatchWait:       e.Duration("PERSIST_BATCH_WAIT", 20*time.Millisecond, 0),
 		Writers:         e.Int("PERSIST_WRITERS", 2, 1),
-		WriteMode:       strings.ToLower(e.String("PERSIST_WRITE_MODE", WriteModeInsert)),
+		WriteMode:       strings.ToLower(e.String("PERSIST_WRITE_MODE", WriteModeCopy)),
+		SchedPolicy:     e.SchedPolicy("PERSIST_SCHED_POLICY"),
 		RetryMin:        e.Duration("PERSIST_RETRY_MIN", 100*time.Millisecond, time.Millisecond),
 		RetryMax:        e.Duration("PERSIST_RETRY_MAX", 5*time.Second, time.Millisecond),
 		ShutdownTimeout: e.Duration("PERSIST_SHUTDOWN_TIMEOUT", 30*time.Second, 0),

@@ -18,9 +18,10 @@ func TestLoadPersisterDefaults(t *testing.T) {
 		len(c.Bindings) != 1 || c.Bindings[0] != "#" ||
 		c.Queue != "stompgate.archive" || c.DLX != "stompgate.dlx" || c.DLQ != "stompgate.archive.dlq" ||
 		c.DeliveryLimit != 5 || c.BatchSize != 500 || c.BatchWait != 20*time.Millisecond ||
-		c.WriteMode != WriteModeInsert || c.MetricsListen != ":9091" || c.LogFormat != "text" ||
+		c.WriteMode != WriteModeCopy || c.MetricsListen != ":9091" || c.LogFormat != "text" ||
 		c.RetryMin != 100*time.Millisecond || c.RetryMax != 5*time.Second ||
-		c.ShutdownTimeout != 30*time.Second || c.ConnectionName == "" || c.DBMaxConns != 4 || c.Writers != 2 {
+		c.ShutdownTimeout != 30*time.Second || c.ConnectionName == "" || c.DBMaxConns != 4 || c.Writers != 2 ||
+		c.SchedPolicy != "batch" {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
 }
@@ -30,7 +31,7 @@ func TestLoadPersisterValues(t *testing.T) {
 		"PERSIST_BINDINGS":       " room.* , alerts.#,",
 		"PERSIST_BATCH_SIZE":     "100",
 		"PERSIST_BATCH_WAIT":     "5ms",
-		"PERSIST_WRITE_MODE":     "COPY",
+		"PERSIST_WRITE_MODE":     "INSERT",
 		"PERSIST_QUEUE":          "q",
 		"PERSIST_DLX":            "x",
 		"PERSIST_DLQ":            "d",
@@ -41,7 +42,7 @@ func TestLoadPersisterValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	if strings.Join(c.Bindings, "|") != "room.*|alerts.#" || c.BatchSize != 100 || c.BatchWait != 5*time.Millisecond ||
-		c.WriteMode != WriteModeCopy || c.Queue != "q" || c.DLX != "x" || c.DLQ != "d" || c.LogFormat != "json" ||
+		c.WriteMode != WriteModeInsert || c.Queue != "q" || c.DLX != "x" || c.DLQ != "d" || c.LogFormat != "json" ||
 		c.MetricsListen != "127.0.0.1:0" {
 		t.Fatalf("unexpected: %+v", c)
 	}
@@ -57,6 +58,7 @@ func TestLoadPersisterErrors(t *testing.T) {
 		{map[string]string{"PERSIST_BATCH_SIZE": "many"}, []string{"PERSIST_BATCH_SIZE"}},
 		{map[string]string{"PERSIST_BATCH_WAIT": "20"}, []string{"PERSIST_BATCH_WAIT"}},
 		{map[string]string{"PERSIST_WRITE_MODE": "fast"}, []string{"PERSIST_WRITE_MODE"}},
+		{map[string]string{"PERSIST_SCHED_POLICY": "rr"}, []string{"PERSIST_SCHED_POLICY"}},
 		{map[string]string{"PERSIST_AMQP_URL": "http://x"}, []string{"PERSIST_AMQP_URL"}},
 		{map[string]string{"PERSIST_AMQP_URL": "amqp://u:secret@h/v", "PERSIST_DATABASE_URL": "mysql://x/y"}, []string{"PERSIST_DATABASE_URL"}},
 		{map[string]string{"PERSIST_DATABASE_URL": "postgres://h:5432/"}, []string{"PERSIST_DATABASE_URL"}},

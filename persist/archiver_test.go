@@ -274,26 +274,32 @@ func TestArchivesSTOMPPublishWithSender(t *testing.T) {
 
 func TestDuplicatesAreSkipped(t *testing.T) {
 	t.Parallel()
-	vhost := testenv.Vhost(t)
-	r := startArchiver(t, testConfig(t, vhost, testenv.DB(t), map[string]string{"PERSIST_BATCH_WAIT": "50ms"}))
-	p := newPublisher(t, vhost)
-	msgs := numbered("dup", 10)
-	p.publish(t, "a.b", msgs...)
-	r.waitRows(t, 10, 15*time.Second)
-	p.publish(t, "a.b", msgs[:4]...)                                                            // in a later batch
-	p.publish(t, "a.b", msgs[5], msgs[5])                                                       // twice in one batch
-	p.publish(t, "a.b", amqp.Publishing{Body: []byte("x")}, amqp.Publishing{Body: []byte("x")}) // same content, no id
-	testenv.WaitFor(t, 15*time.Second, func() error {
-		if d := testutil.ToFloat64(r.metrics.Duplicates); d != 7 {
-			return fmt.Errorf("%v duplicates, want 7", d)
-		}
-		return nil
-	})
-	if n := r.rows(t); n != 11 {
-		t.Fatalf("%d rows, want 11", n)
-	}
-	if got := testenv.QueueDepth(t, vhost, r.cfg.Queue); got != 0 {
-		t.Fatalf("%d messages left in the queue", got)
+	for _, mode := range []string{config.WriteModeCopy, config.WriteModeInsert} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			vhost := testenv.Vhost(t)
+			r := startArchiver(t, testConfig(t, vhost, testenv.DB(t), map[string]string{
+				"PERSIST_BATCH_WAIT": "50ms", "PERSIST_WRITE_MODE": mode}))
+			p := newPublisher(t, vhost)
+			msgs := numbered("dup", 10)
+			p.publish(t, "a.b", msgs...)
+			r.waitRows(t, 10, 15*time.Second)
+			p.publish(t, "a.b", msgs[:4]...)                                                            // in a later batch
+			p.publish(t, "a.b", msgs[5], msgs[5])                                                       // twice in one batch
+			p.publish(t, "a.b", amqp.Publishing{Body: []byte("x")}, amqp.Publishing{Body: []byte("x")}) // same content, no id
+			testenv.WaitFor(t, 15*time.Second, func() error {
+				if d := testutil.ToFloat64(r.metrics.Duplicates); d != 7 {
+					return fmt.Errorf("%v duplicates, want 7", d)
+				}
+				return nil
+			})
+			if n := r.rows(t); n != 11 {
+				t.Fatalf("%d rows, want 11", n)
+			}
+			if got := testenv.QueueDepth(t, vhost, r.cfg.Queue); got != 0 {
+				t.Fatalf("%d messages left in the queue", got)
+			}
+		})
 	}
 }
 

@@ -14,12 +14,13 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/internal/sched"
 	"github.com/stompgate/stompgate/internal/testenv"
 	"github.com/stompgate/stompgate/persist"
 )
 
 // Benchmarks of the archive against the real local RabbitMQ and Postgres;
-// docs/BENCHMARKS-persister.md has the command and the numbers. Each run
+// docs/BENCHMARKS.md has the command and the numbers. Each run
 // preloads b.N messages of 256 bytes into the archive queue, then times
 // draining them: BenchmarkRawConsume with a plain amqp091 consumer that
 // only acks (the ceiling the broker gives one consumer), BenchmarkArchive
@@ -72,10 +73,45 @@ func preload(b *testing.B, vhost string, n int) {
 	}
 }
 
-// BenchmarkRawConsume drains the queue with a plain consumer: prefetch
-// 1000, ack (multiple) every 500 messages — the persister's pattern minus
-// Postgres.
+// BenchmarkRawConsume drains the queue without Postgres, the reference the
+// issue names ("a plain amqp091 consumer that only acks"), in three shapes:
+//
+//   - ack=each/policy=other: the plain consumer as a user writes it — every
+//     delivery acked on its own, the persister's default prefetch (1,500),
+//     the kernel's default scheduling policy;
+//   - ack=each/policy=batch: the same under SCHED_BATCH, the policy the
+//     persister ships with (the control: what the policy alone gives);
+//   - ack=multiple500/policy=other: the persister's own pattern minus
+//     Postgres — one ack (multiple=true) per 500 deliveries, the strictest
+//     ceiling.
 func BenchmarkRawConsume(b *testing.B) {
+	for _, c := range []struct {
+		name          string
+		prefetch, per int
+		policy        sched.Policy
+	}{
+		{"ack=each/policy=other", 1500, 1, sched.Other},
+		{"ack=each/policy=batch", 1500, 1, sched.Batch},
+		{"ack=multiple500/policy=other", 1500, 500, sched.Other},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			setPolicy(b, c.policy)
+			benchRawConsume(b, c.prefetch, c.per)
+		})
+	}
+}
+
+// setPolicy puts the whole benchmark process under p.
+func setPolicy(b *testing.B, p sched.Policy) {
+	b.Helper()
+	if err := sched.Apply(p); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// benchRawConsume consumes b.N preloaded messages with prefetch, acking
+// (multiple) every per-th delivery and the last.
+func benchRawConsume(b *testing.B, prefetch, per int) {
 	vhost := testenv.Vhost(b)
 	preload(b, vhost, b.N)
 	conn := testenv.Dial(b, vhost)
@@ -83,7 +119,7 @@ func BenchmarkRawConsume(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := ch.Qos(1000, 0, false); err != nil {
+	if err := ch.Qos(prefetch, 0, false); err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
@@ -94,8 +130,8 @@ func BenchmarkRawConsume(b *testing.B) {
 	}
 	for i := 1; i <= b.N; i++ {
 		d := <-deliveries
-		if i%500 == 0 || i == b.N {
-			if err := d.Ack(true); err != nil {
+		if i%per == 0 || i == b.N {
+			if err := d.Ack(per > 1); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -106,11 +142,20 @@ func BenchmarkRawConsume(b *testing.B) {
 }
 
 // BenchmarkArchive drains the queue into Postgres with the Archiver, for
-// both write modes and several batch sizes.
+// both write modes and several batch sizes, under the scheduling policy the
+// persister ships with (batch) and, for the default batch size, under the
+// kernel's default as well.
 func BenchmarkArchive(b *testing.B) {
 	for _, mode := range []string{config.WriteModeCopy, config.WriteModeInsert} {
-		for _, c := range []struct{ size, writers int }{{1, 2}, {100, 2}, {500, 1}, {500, 2}, {500, 4}, {500, 3}, {1000, 3}} {
-			b.Run(fmt.Sprintf("mode=%s/batch=%d/writers=%d", mode, c.size, c.writers), func(b *testing.B) {
+		for _, c := range []struct {
+			size, writers int
+			policy        sched.Policy
+		}{
+			{1, 2, sched.Batch}, {100, 2, sched.Batch}, {500, 1, sched.Batch}, {500, 2, sched.Batch},
+			{500, 2, sched.Other}, {500, 3, sched.Batch}, {500, 4, sched.Batch}, {1000, 3, sched.Batch},
+		} {
+			b.Run(fmt.Sprintf("mode=%s/batch=%d/writers=%d/policy=%s", mode, c.size, c.writers, c.policy), func(b *testing.B) {
+				setPolicy(b, c.policy)
 				benchArchive(b, mode, c.size, c.writers)
 			})
 		}

@@ -53,7 +53,11 @@ func (w *Writer) Write(ctx context.Context, rows []Row) (Result, error) {
 	if len(rows) == 0 {
 		return Result{}, nil
 	}
-	n, err := w.writeFast(ctx, rows)
+	n, err := w.writeFast(ctx, rows, w.mode)
+	if w.mode == config.WriteModeCopy && isUniqueViolation(err) {
+		// The batch holds a redelivery: COPY cannot skip it, the INSERT can.
+		n, err = w.writeFast(ctx, rows, config.WriteModeInsert)
+	}
 	if err == nil {
 		return Result{Inserted: n, Duplicates: len(rows) - n}, nil
 	}
@@ -63,14 +67,14 @@ func (w *Writer) Write(ctx context.Context, rows []Row) (Result, error) {
 	return w.writeIsolating(ctx, rows)
 }
 
-func (w *Writer) writeFast(ctx context.Context, rows []Row) (int, error) {
+func (w *Writer) writeFast(ctx context.Context, rows []Row, mode string) (int, error) {
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
 	var n int
-	if w.mode == config.WriteModeCopy {
+	if mode == config.WriteModeCopy {
 		n, err = copyRows(ctx, tx, rows)
 	} else {
 		n, err = insertRows(ctx, tx, rows)
@@ -82,6 +86,13 @@ func (w *Writer) writeFast(ctx context.Context, rows []Row) (int, error) {
 		return 0, fmt.Errorf("commit: %w", err)
 	}
 	return n, nil
+}
+
+// isUniqueViolation reports whether err is Postgres refusing a row whose
+// unique key is taken (SQLSTATE 23505).
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
 // writeIsolating writes rows in one transaction, bisecting under
@@ -186,23 +197,18 @@ func insertRows(ctx context.Context, tx pgx.Tx, rows []Row) (int, error) {
 	return int(tag.RowsAffected()), nil
 }
 
-// copyRows streams rows with COPY into a session-local temporary table and
-// moves them with one INSERT … SELECT … ON CONFLICT DO NOTHING.
+// copyRows streams rows with binary COPY straight into stompgate_messages:
+// the cheapest way in for Postgres (multi-row heap inserts, no speculative
+// insertion), but all or nothing — a batch holding a row that is already
+// archived fails with a unique violation and Write redoes it with
+// insertRows. It returns how many rows were written.
 func copyRows(ctx context.Context, tx pgx.Tx, rows []Row) (int, error) {
-	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS stompgate_messages_in (
-		message_id text, sender text, exchange text, routing_key text, content_type text,
-		headers jsonb, body bytea, published_at timestamptz) ON COMMIT DELETE ROWS`); err != nil {
-		return 0, fmt.Errorf("create temp table: %w", err)
-	}
-	cols := strings.Split(insertColumns, ", ")
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"stompgate_messages_in"}, cols,
-		pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) { return values(rows[i]), nil })); err != nil {
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{"stompgate_messages"}, copyColumns,
+		pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) { return values(rows[i]), nil }))
+	if err != nil {
 		return 0, fmt.Errorf("copy: %w", err)
 	}
-	tag, err := tx.Exec(ctx, "INSERT INTO stompgate_messages ("+insertColumns+") SELECT "+insertColumns+
-		" FROM stompgate_messages_in ON CONFLICT DO NOTHING")
-	if err != nil {
-		return 0, fmt.Errorf("insert from temp table: %w", err)
-	}
-	return int(tag.RowsAffected()), nil
+	return int(n), nil
 }
+
+var copyColumns = strings.Split(insertColumns, ", ")

@@ -45,7 +45,7 @@ func TestRunServesAndDrains(t *testing.T) {
 	// EDGE_SCHED_POLICY defaults to batch: every thread of the process,
 	// including those the HTTP server started, runs under SCHED_BATCH.
 	t.Cleanup(func() { _ = sched.Apply(sched.Other) })
-	tids, err := sched.Threads()
+	tids, err := sched.Threads(0)
 	if err != nil {
 		t.Fatal(err)
 	}

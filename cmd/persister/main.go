@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/internal/sched"
 	"github.com/stompgate/stompgate/persist"
 )
 
@@ -49,6 +50,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		handler = slog.NewJSONHandler(stdout, nil)
 	}
 	log := slog.New(handler)
+	if err := sched.Apply(sched.Policy(cfg.SchedPolicy)); err != nil {
+		// Not fatal: the persister is correct under any policy, only busier.
+		log.Warn("PERSIST_SCHED_POLICY not applied; running under the kernel's default", "policy", cfg.SchedPolicy, "err", err)
+	}
 
 	ectx, cancel := context.WithTimeout(ctx, startTimeout)
 	created, err := persist.EnsureDatabase(ectx, cfg.DatabaseURL)

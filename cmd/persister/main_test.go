@@ -18,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
+	"github.com/stompgate/stompgate/internal/sched"
 	"github.com/stompgate/stompgate/internal/testenv"
 )
 
@@ -289,6 +290,16 @@ func TestSIGTERMSettlesBatchAndExitsZero(t *testing.T) {
 		}
 		return nil
 	})
+	// PERSIST_SCHED_POLICY defaults to batch: every thread runs under it.
+	tids, err := sched.Threads(p.cmd.Process.Pid)
+	if err != nil || len(tids) < 2 {
+		t.Fatalf("threads of the persister: %v %v", tids, err)
+	}
+	for _, tid := range tids {
+		if pol, err := sched.Of(tid); err == nil && pol != sched.Batch {
+			t.Errorf("persister thread %d runs under %s, want batch", tid, pol)
+		}
+	}
 	publish(t, vhost, 120, "term")
 	testenv.WaitFor(t, 20*time.Second, func() error {
 		if n := testenv.QueueDepth(t, vhost, "stompgate.archive"); n != 0 {

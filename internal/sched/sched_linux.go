@@ -29,7 +29,8 @@ func Apply(p Policy) error {
 	return nil
 }
 
-// Of reports the policy of thread tid (0: the calling thread).
+// Of reports the policy of thread tid (0: the calling thread); tid may be a
+// thread of another process.
 func Of(tid int) (Policy, error) {
 	attr, err := unix.SchedGetAttr(tid, 0)
 	if err != nil {
@@ -44,9 +45,13 @@ func Of(tid int) (Policy, error) {
 	return Policy(strconv.FormatUint(uint64(attr.Policy), 10)), nil
 }
 
-// Threads lists the thread IDs of this process.
-func Threads() ([]int, error) {
-	entries, err := os.ReadDir("/proc/self/task")
+// Threads lists the thread IDs of process pid (0: this process).
+func Threads(pid int) ([]int, error) {
+	dir := "/proc/self/task"
+	if pid != 0 {
+		dir = "/proc/" + strconv.Itoa(pid) + "/task"
+	}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +77,7 @@ func linuxPolicy(p Policy) (uint32, error) {
 // applyOnce sets want on every thread that does not have it yet and says
 // how many it changed.
 func applyOnce(want uint32) (int, error) {
-	tids, err := Threads()
+	tids, err := Threads(0)
 	if err != nil {
 		return 0, err
 	}

@@ -13,7 +13,7 @@ import (
 // policies reports each thread's policy.
 func policies(t *testing.T) map[int]sched.Policy {
 	t.Helper()
-	tids, err := sched.Threads()
+	tids, err := sched.Threads(0)
 	if err != nil {
 		t.Fatal(err)
 	}
