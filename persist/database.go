@@ -34,7 +34,10 @@ func EnsureDatabase(ctx context.Context, dbURL string) (bool, error) {
 	}
 	defer admin.Close(context.WithoutCancel(ctx))
 	_, err = admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
-	if errors.As(err, &pe) && pe.Code == "42P04" { // duplicate_database: created concurrently
+	// Created concurrently (the edge and the persister start together):
+	// Postgres reports the loser as duplicate_database, or as a unique
+	// violation on pg_database when both got past the existence check.
+	if errors.As(err, &pe) && (pe.Code == "42P04" || pe.Code == "23505") {
 		return false, nil
 	}
 	if err != nil {

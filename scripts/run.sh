@@ -16,6 +16,19 @@ trap cleanup EXIT INT TERM
 if [ -x bin/persister ]; then
   bin/persister >> bin/persister.log 2>&1 &
   pids+=($!)
+  # Wait for its /healthz (PERSIST_METRICS_LISTEN, default :9091) so that a
+  # persister that cannot start is reported here, not found later in a log.
+  metrics_port="${PERSIST_METRICS_LISTEN-:9091}"
+  health="http://127.0.0.1:${metrics_port##*:}/healthz"
+  for ((i = 0; i < 100; i++)); do
+    if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+      echo "persister exited at start; the end of bin/persister.log:" >&2
+      tail -n 20 bin/persister.log >&2
+      exit 1
+    fi
+    if [ -z "${PERSIST_METRICS_LISTEN-x}" ] || curl -fsS -o /dev/null "$health" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
   echo "persister started (log: bin/persister.log)"
 fi
 cat <<MSG
