@@ -46,7 +46,8 @@ type RevocationConfig struct {
 	Logger *slog.Logger     // state changes; nil discards
 	Now    func() time.Time // default time.Now
 	// Resync is how often the whole table is reloaded even without a
-	// notification: it catches rows written by hand without NOTIFY and
+	// notification: it catches rows written with triggers off (the table's
+	// trigger notifies every other change, migration 00002) and
 	// doubles as a liveness check of the listening connection. Default 30s.
 	Resync time.Duration
 	// MinBackoff and MaxBackoff bound the jittered exponential delay between

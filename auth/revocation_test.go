@@ -317,17 +317,58 @@ func TestRevocationStoreDatabaseDown(t *testing.T) {
 	testenv.WaitFor(t, 2*time.Second, revoked(s, "dave", "", true))
 }
 
-// Without a notification (a row written by hand) the periodic resync picks
-// the change up.
+// Without a notification (the table's trigger switched off for the
+// statement, as a replica or a restore would) the periodic resync picks the
+// change up.
 func TestRevocationStoreResync(t *testing.T) {
 	t.Parallel()
 	e := newRevEnv(t)
 	s := NewRevocationStore(e.store, RevocationConfig{Resync: 200 * time.Millisecond})
 	runStore(t, s)
-	if _, err := e.admin.Exec(context.Background(), `INSERT INTO stompgate_revocations (subject) VALUES ('quiet')`); err != nil {
+	ctx := context.Background()
+	tx, err := e.admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // no-op after commit
+	for _, sql := range []string{
+		`SET LOCAL session_replication_role = replica`, // no triggers: no NOTIFY
+		`INSERT INTO stompgate_revocations (subject) VALUES ('quiet')`,
+	} {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 3*time.Second, revoked(s, "quiet", "", true))
+}
+
+// A row written by hand (plain SQL, no pg_notify) takes effect at once:
+// the table's trigger notifies, no resync needed. The same for its removal.
+func TestRevocationStoreRowsByHand(t *testing.T) {
+	t.Parallel()
+	e := newRevEnv(t)
+	s := NewRevocationStore(e.store, RevocationConfig{Resync: time.Hour})
+	var seen changes
+	defer s.OnRevoke(seen.record)()
+	runStore(t, s)
+	ctx := context.Background()
+	if _, err := e.admin.Exec(ctx, `INSERT INTO stompgate_revocations (subject, reason) VALUES ('by-hand', 'sql')`); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 3*time.Second, revoked(s, "by-hand", "", true))
+	testenv.WaitFor(t, 3*time.Second, func() error {
+		if !seen.has("by-hand", "") {
+			return fmt.Errorf("no OnRevoke callback for by-hand")
+		}
+		return nil
+	})
+	if _, err := e.admin.Exec(ctx, `DELETE FROM stompgate_revocations WHERE subject = 'by-hand'`); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 3*time.Second, revoked(s, "by-hand", "", false))
 }
 
 func BenchmarkIsRevoked(b *testing.B) {
