@@ -14,7 +14,8 @@
 #
 # Knobs (environment): EDGE_GOMAXPROCS (nproc; the edge's Go threads),
 # EDGE_SCHED_POLICY (batch; "other" for the kernel default), SCENARIOS
-# ("closed closedb rate"),
+# ("closed closedb rate"), TARGETS ("edge webstomp proxy"; proxy is
+# Web-STOMP behind internal/benchproxy, a do-nothing TCP relay),
 # DURATION (20s), WARMUP (3s), ROUNDS (3), SIZE (256),
 # INFLIGHT (100), RATE (1000), PAIRS (1), OUT (results directory, default a
 # new temp dir), PROFILE=1 (perf-record the edge during its first closed run;
@@ -31,6 +32,7 @@ RATE=${RATE:-1000}
 PAIRS=${PAIRS:-1}
 PROFILE=${PROFILE:-0}
 SCENARIOS=${SCENARIOS:-closed closedb rate}
+TARGETS=${TARGETS:-edge webstomp proxy}
 WEBSTOMP_URL=${WEBSTOMP_URL:-ws://127.0.0.1:15674/ws}
 OUT=${OUT:-$(mktemp -d /tmp/stompgate-bench.XXXXXX)}
 mkdir -p "$OUT"
@@ -39,7 +41,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 
 log "building"
 mkdir -p bin
-go build -o bin/ ./cmd/...
+go build -o bin/ ./cmd/... ./internal/benchproxy
 log "preparing services"
 bash scripts/services.sh
 
@@ -56,23 +58,34 @@ EDGE_LISTEN=127.0.0.1:0 \
   GOMAXPROCS="${EDGE_GOMAXPROCS:-$(nproc)}" \
   bin/edge >"$OUT/edge.log" 2>&1 &
 edge_pid=$!
+# The third target: Web-STOMP behind a do-nothing TCP relay, the cost of
+# one extra process hop on this machine (the floor of any separate relay).
+bin/benchproxy 127.0.0.1:0 "$(sed -E 's#^ws://([^/]+).*#\1#' <<<"$WEBSTOMP_URL")" >"$OUT/proxy.log" 2>&1 &
+proxy_pid=$!
 cleanup() {
+  kill "$proxy_pid" 2>/dev/null || true
   if kill -0 "$edge_pid" 2>/dev/null; then
     kill -TERM "$edge_pid" 2>/dev/null || true
     wait "$edge_pid" 2>/dev/null || true
   fi
 }
 trap cleanup EXIT
-addr=
-for ((i = 0; i < 100; i++)); do
-  addr=$(sed -n 's/^listening on //p' "$OUT/edge.log" | head -n1)
-  [ -n "$addr" ] && break
-  kill -0 "$edge_pid" 2>/dev/null || { cat "$OUT/edge.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$addr" ] || { log "edge did not start"; cat "$OUT/edge.log" >&2; exit 1; }
+# listen_addr LOG PID NAME: the address from the "listening on" line.
+listen_addr() {
+  local a=
+  for ((i = 0; i < 100; i++)); do
+    a=$(sed -n 's/^listening on //p' "$1" | head -n1)
+    [ -n "$a" ] && break
+    kill -0 "$2" 2>/dev/null || { cat "$1" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$a" ] || { log "$3 did not start"; cat "$1" >&2; exit 1; }
+  echo "$a"
+}
+addr=$(listen_addr "$OUT/edge.log" "$edge_pid" edge)
 EDGE_URL="ws://$addr/ws"
-log "edge pid $edge_pid at $EDGE_URL; results in $OUT"
+PROXY_URL="ws://$(listen_addr "$OUT/proxy.log" "$proxy_pid" benchproxy)/ws"
+log "edge pid $edge_pid at $EDGE_URL, Web-STOMP via benchproxy at $PROXY_URL; results in $OUT"
 
 beam_pid=$(pgrep -o -f 'beam.smp.*rabbit' || true)
 
@@ -90,6 +103,7 @@ one() {
   case $target in
     edge) url=$EDGE_URL creds=(--token-secret "$secret") ;;
     webstomp) url=$WEBSTOMP_URL creds=(--login guest --passcode guest --vhost /) ;;
+    proxy) url=$PROXY_URL creds=(--login guest --passcode guest --vhost /) ;;
   esac
   case $scenario in
     closed) mode=(--mode closed --inflight "$INFLIGHT") ;;
@@ -127,7 +141,7 @@ one() {
 : >"$OUT/results.jsonl"
 for scenario in $SCENARIOS; do
   for ((round = 1; round <= ROUNDS; round++)); do
-    for target in edge webstomp; do
+    for target in $TARGETS; do
       one "$target" "$scenario" "$round"
     done
   done
@@ -146,11 +160,16 @@ jq -rs --arg ncpu "$ncpu" --arg size "$SIZE" --arg inflight "$INFLIGHT" --arg ra
   def r2: . * 100 | round / 100;
   def r3: . * 1000 | round / 1000;
   def yes(c): if c then "yes" else "**no**" end;
+  def opt(x; f): if x == null then "–" else (x | f | tostring) end;
   . as $all |
   ($all | med("closed"; "edge"; .throughput_msgs_per_s)) as $te |
   ($all | med("closed"; "webstomp"; .throughput_msgs_per_s)) as $tw |
   ($all | med("closedb"; "edge"; .throughput_msgs_per_s)) as $teb |
   ($all | med("closedb"; "webstomp"; .throughput_msgs_per_s)) as $twb |
+  ($all | med("closed"; "proxy"; .throughput_msgs_per_s)) as $tp |
+  ($all | med("closedb"; "proxy"; .throughput_msgs_per_s)) as $tpb |
+  ($all | med("rate"; "proxy"; .latency_ms.p50)) as $p50p |
+  ($all | med("rate"; "proxy"; .latency_ms.p99)) as $p99p |
   ($all | med("closed"; "edge"; .latency_ms.p99)) as $cpe |
   ($all | med("closed"; "webstomp"; .latency_ms.p99)) as $cpw |
   ($all | med("rate"; "edge"; .latency_ms.p50)) as $p50e |
@@ -167,16 +186,16 @@ jq -rs --arg ncpu "$ncpu" --arg size "$SIZE" --arg inflight "$INFLIGHT" --arg ra
   ($all | med("closed"; "edge"; .machine_busy_cores)) as $busye |
   ($all | med("closed"; "webstomp"; .machine_busy_cores)) as $busyw |
   ([$all[] | .errors + .lost] | add) as $errs |
-  "| scenario (medians of \($all | map(select(.scenario == "closed" and .target == "edge")) | length) runs each) | edge | Web-STOMP | edge vs Web-STOMP | target | met |",
-  "|---|---:|---:|---:|---|---|",
-  "| closed loop 1→\($pairs)×1, \($size) B, ≤\($inflight) in flight, \($dur): throughput msgs/s | \($te | round) | \($tw | round) | \(($te / $tw) | r2)× | ≥ 0.90× | \(yes($te / $tw >= 0.9)) |",
-  (if $teb then "| same, stompload under SCHED_BATCH for both targets: throughput msgs/s | \($teb | round) | \($twb | round) | \(($teb / $twb) | r2)× | ≥ 0.90× | \(yes($teb / $twb >= 0.9)) |" else empty end),
-  "| closed loop: p99 latency ms | \($cpe | r3) | \($cpw | r3) | \(($cpe - $cpw) | r3) ms | – | – |",
-  "| closed loop: CPU cores used by edge / broker / stompload (machine busy, of \($ncpu)) | \($ecpu) / \($bcpue) / \($lcpue) (\($busye)) | – / \($bcpuw) / \($lcpuw) (\($busyw)) | – | – | – |",
-  "| steady \($rate) msgs/s, \($dur): p50 latency ms | \($p50e | r3) | \($p50w | r3) | \(($p50e - $p50w) | r3) ms | – | – |",
-  "| steady \($rate) msgs/s: p99 latency ms | \($p99e | r3) | \($p99w | r3) | \(($p99e - $p99w) | r3) ms | ≤ +1 ms | \(yes($p99e - $p99w <= 1)) |",
-  "| steady \($rate) msgs/s: max latency ms | \($maxe | r3) | \($maxw | r3) | \(($maxe - $maxw) | r3) ms | – | – |",
-  "| errors + lost messages, all runs | \([$all[] | select(.target == "edge") | .errors + .lost] | add) | \([$all[] | select(.target == "webstomp") | .errors + .lost] | add) | – | 0 | \(yes($errs == 0)) |",
+  "| scenario (medians of \($all | map(select(.scenario == "closed" and .target == "edge")) | length) runs each) | edge | Web-STOMP | edge vs Web-STOMP | target | met | Web-STOMP via benchproxy |",
+  "|---|---:|---:|---:|---|---|---:|",
+  "| closed loop 1→\($pairs)×1, \($size) B, ≤\($inflight) in flight, \($dur): throughput msgs/s | \($te | round) | \($tw | round) | \(($te / $tw) | r2)× | ≥ 0.90× | \(yes($te / $tw >= 0.9)) | \(opt($tp; round)) |",
+  (if $teb then "| same, stompload under SCHED_BATCH for both targets: throughput msgs/s | \($teb | round) | \($twb | round) | \(($teb / $twb) | r2)× | ≥ 0.90× | \(yes($teb / $twb >= 0.9)) | \(opt($tpb; round)) |" else empty end),
+  "| closed loop: p99 latency ms | \($cpe | r3) | \($cpw | r3) | \(($cpe - $cpw) | r3) ms | – | – | – |",
+  "| closed loop: CPU cores used by edge / broker / stompload (machine busy, of \($ncpu)) | \($ecpu) / \($bcpue) / \($lcpue) (\($busye)) | – / \($bcpuw) / \($lcpuw) (\($busyw)) | – | – | – | – |",
+  "| steady \($rate) msgs/s, \($dur): p50 latency ms | \($p50e | r3) | \($p50w | r3) | \(($p50e - $p50w) | r3) ms | – | – | \(opt($p50p; r3)) |",
+  "| steady \($rate) msgs/s: p99 latency ms | \($p99e | r3) | \($p99w | r3) | \(($p99e - $p99w) | r3) ms | ≤ +1 ms | \(yes($p99e - $p99w <= 1)) | \(opt($p99p; r3)) |",
+  "| steady \($rate) msgs/s: max latency ms | \($maxe | r3) | \($maxw | r3) | \(($maxe - $maxw) | r3) ms | – | – | – |",
+  "| errors + lost messages, all runs | \([$all[] | select(.target == "edge") | .errors + .lost] | add) | \([$all[] | select(.target == "webstomp") | .errors + .lost] | add) | – | 0 | \(yes($errs == 0)) | \([$all[] | select(.target == "proxy") | .errors + .lost] | add // "–") |",
   "",
   "Every run, in order:",
   "",
