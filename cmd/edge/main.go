@@ -50,10 +50,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		return err
 	}
 	log := newLogger(cfg, stdout)
-	if err := sched.Apply(sched.Policy(cfg.SchedPolicy)); err != nil {
-		// Not fatal: the edge is correct under any policy, only busier.
-		log.Warn("EDGE_SCHED_POLICY not applied; running under the kernel's default", "policy", cfg.SchedPolicy, "err", err)
-	}
+	sched.Use("EDGE_SCHED_POLICY", cfg.SchedPolicy, log)
 	origins, err := auth.NewOriginPolicy(cfg.AllowedOrigins, cfg.AllowMissingOrigin)
 	if err != nil {
 		return fmt.Errorf("EDGE_ALLOWED_ORIGINS: %w", err)

@@ -50,10 +50,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		handler = slog.NewJSONHandler(stdout, nil)
 	}
 	log := slog.New(handler)
-	if err := sched.Apply(sched.Policy(cfg.SchedPolicy)); err != nil {
-		// Not fatal: the persister is correct under any policy, only busier.
-		log.Warn("PERSIST_SCHED_POLICY not applied; running under the kernel's default", "policy", cfg.SchedPolicy, "err", err)
-	}
+	sched.Use("PERSIST_SCHED_POLICY", cfg.SchedPolicy, log)
 
 	ectx, cancel := context.WithTimeout(ctx, startTimeout)
 	created, err := persist.EnsureDatabase(ectx, cfg.DatabaseURL)

@@ -12,6 +12,8 @@
 // docs/BENCHMARKS.md has the measurements.
 package sched
 
+import "log/slog"
+
 // Policy names a scheduling policy as the configuration spells it.
 type Policy string
 
@@ -20,3 +22,12 @@ const (
 	Other Policy = "other" // SCHED_OTHER, the kernel's default
 	Batch Policy = "batch" // SCHED_BATCH: no wake-up preemption
 )
+
+// Use applies policy, named by the setting it came from (e.g.
+// EDGE_SCHED_POLICY), and logs a warning when the kernel refuses: a relay is
+// correct under any policy, only busier, so refusal is not fatal.
+func Use(setting, policy string, log *slog.Logger) {
+	if err := Apply(Policy(policy)); err != nil {
+		log.Warn(setting+" not applied; running under the kernel's default", "policy", policy, "err", err)
+	}
+}
