@@ -26,7 +26,7 @@ go-test:
 
 ## fuzz: a short run of each fuzz target on top of its seed corpus
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParser$$' -fuzztime 15s ./relay
+	$(GO) test -run '^$$' -fuzz '^FuzzParser$$' -fuzztime 15s ./stomp
 
 e2e: build
 	cd e2e && npm ci --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1

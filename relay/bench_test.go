@@ -8,7 +8,7 @@ package relay
 // allocs/op are per frame. The Session benchmarks drive the session's own
 // code (readMessage → handle → onSend → stompLink.Write, and the broker
 // reader's encode → enqueue) on a Session built without a WebSocket; the
-// Codec benchmarks isolate Parser and AppendFrame. docs/BENCHMARKS.md has
+// Codec benchmarks isolate stomp.Parser and stomp.AppendFrame. docs/BENCHMARKS.md has
 // the numbers and how they relate to the end-to-end stompload runs.
 
 import (
@@ -28,9 +28,10 @@ import (
 
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/stomp"
 )
 
-var benchLimits = Limits{MaxFrameBytes: 64 << 10, MaxHeaders: 64, MaxHeaderBytes: 8 << 10}
+var benchLimits = stomp.Limits{MaxFrameBytes: 64 << 10, MaxHeaders: 64, MaxHeaderBytes: 8 << 10}
 
 // benchBody is a 256-byte text body, like stompload's.
 var benchBody = strings.Repeat("x", 256)
@@ -50,7 +51,7 @@ var benchBrokerMessage = []byte("MESSAGE\nsubscription:sub-0\ndestination:/topic
 // BenchmarkCodecParseSend parses one client SEND fed as one WebSocket
 // message.
 func BenchmarkCodecParseSend(b *testing.B) {
-	p := NewParser(benchLimits, ClientCommands)
+	p := stomp.NewParser(benchLimits, stomp.ClientCommands)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(benchClientSend)))
 	for b.Loop() {
@@ -66,7 +67,7 @@ func BenchmarkCodecParseSend(b *testing.B) {
 // BenchmarkCodecSendToBroker parses a client SEND and re-encodes it for the
 // broker leg (STOMP 1.2), as stompLink.Write does, into a reused buffer.
 func BenchmarkCodecSendToBroker(b *testing.B) {
-	p := NewParser(benchLimits, ClientCommands)
+	p := stomp.NewParser(benchLimits, stomp.ClientCommands)
 	var scratch []byte
 	b.ReportAllocs()
 	b.SetBytes(int64(len(benchClientSend)))
@@ -76,7 +77,7 @@ func BenchmarkCodecSendToBroker(b *testing.B) {
 		if err != nil || f == nil {
 			b.Fatalf("frame %v, err %v", f, err)
 		}
-		scratch = AppendFrame(scratch[:0], f, V12)
+		scratch = stomp.AppendFrame(scratch[:0], f, stomp.V12)
 		p.Compact()
 	}
 }
@@ -86,9 +87,9 @@ func BenchmarkCodecSendToBroker(b *testing.B) {
 // frame is handed to the writer goroutine, so it cannot be reused), and
 // checks UTF-8 as enqueue does.
 func BenchmarkCodecBrokerMessage(b *testing.B) {
-	for _, v := range []Version{V12, V10} {
+	for _, v := range []stomp.Version{stomp.V12, stomp.V10} {
 		b.Run("v"+v.String(), func(b *testing.B) {
-			p := NewParser(benchLimits, ServerCommands)
+			p := stomp.NewParser(benchLimits, stomp.ServerCommands)
 			b.ReportAllocs()
 			b.SetBytes(int64(len(benchBrokerMessage)))
 			for b.Loop() {
@@ -97,7 +98,7 @@ func BenchmarkCodecBrokerMessage(b *testing.B) {
 				if err != nil || f == nil {
 					b.Fatalf("frame %v, err %v", f, err)
 				}
-				out := AppendFrame(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, v)
+				out := stomp.AppendFrame(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, v)
 				if !utf8.Valid(out) {
 					b.Fatal("invalid UTF-8")
 				}
@@ -116,7 +117,7 @@ func BenchmarkCodecSplitInput(b *testing.B) {
 	stream := bytes.Repeat(benchClientSend, frames)
 	for _, chunk := range []int{7, 100, 1500, 16 << 10} {
 		b.Run("chunk="+strconv.Itoa(chunk), func(b *testing.B) {
-			p := NewParser(benchLimits, ClientCommands)
+			p := stomp.NewParser(benchLimits, stomp.ClientCommands)
 			b.ReportAllocs()
 			b.SetBytes(int64(len(stream)))
 			for b.Loop() {
@@ -154,7 +155,7 @@ func (benchConn) SetWriteDeadline(time.Time) error { return nil }
 
 // benchSession builds a connected Session with no WebSocket whose broker
 // link writes to io.Discard: enough to run the session's per-frame code.
-func benchSession(b *testing.B, v Version) *Session {
+func benchSession(b *testing.B, v stomp.Version) *Session {
 	b.Helper()
 	cfg, err := config.LoadEdge(func(k string) string {
 		if k == "EDGE_JWT_HS256_SECRET" {
@@ -176,7 +177,7 @@ func benchSession(b *testing.B, v Version) *Session {
 	s := &Session{
 		srv:       srv,
 		log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
-		parser:    NewParser(benchLimits, ClientCommands),
+		parser:    stomp.NewParser(benchLimits, stomp.ClientCommands),
 		connected: true,
 		ident:     ident,
 		perms:     perms,
@@ -203,7 +204,7 @@ func BenchmarkSessionClientSend(b *testing.B) {
 		{"client-id", benchClientSendWithID},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			s := benchSession(b, V12)
+			s := benchSession(b, stomp.V12)
 			r := bytes.NewReader(tc.msg)
 			b.ReportAllocs()
 			b.SetBytes(int64(len(tc.msg)))
@@ -225,10 +226,10 @@ func BenchmarkSessionClientSend(b *testing.B) {
 // Session.encode for the client's version, and enqueue for the writer. The
 // queue is emptied every iteration, as the writer would.
 func BenchmarkSessionBrokerMessage(b *testing.B) {
-	for _, v := range []Version{V12, V10} {
+	for _, v := range []stomp.Version{stomp.V12, stomp.V10} {
 		b.Run("v"+v.String(), func(b *testing.B) {
 			s := benchSession(b, v)
-			p := NewParser(Limits{MaxFrameBytes: 16 << 20, MaxHeaders: 1000, MaxHeaderBytes: 16 << 20}, ServerCommands)
+			p := stomp.NewParser(stomp.Limits{MaxFrameBytes: 16 << 20, MaxHeaders: 1000, MaxHeaderBytes: 16 << 20}, stomp.ServerCommands)
 			b.ReportAllocs()
 			b.SetBytes(int64(len(benchBrokerMessage)))
 			for b.Loop() {

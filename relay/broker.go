@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-stomp/stomp/v3/frame"
+	"github.com/stompgate/stompgate/stomp"
 )
 
 // BrokerLink is a session's broker side. Today every session gets its own
@@ -93,7 +94,7 @@ func (d *BrokerDialer) dialOne(ctx context.Context, addr string) (*stompLink, er
 	l := &stompLink{
 		conn:   conn,
 		w:      bufio.NewWriterSize(conn, 32<<10),
-		parser: NewParser(Limits{MaxFrameBytes: d.cfg.MaxFrameBytes, MaxHeaders: 1000, MaxHeaderBytes: d.cfg.MaxFrameBytes}, ServerCommands),
+		parser: stomp.NewParser(stomp.Limits{MaxFrameBytes: d.cfg.MaxFrameBytes, MaxHeaders: 1000, MaxHeaderBytes: d.cfg.MaxFrameBytes}, stomp.ServerCommands),
 		rbuf:   make([]byte, 32<<10),
 		stop:   make(chan struct{}),
 	}
@@ -145,7 +146,7 @@ type stompLink struct {
 	lastWrite time.Time
 	scratch   []byte
 
-	parser      *Parser // owned by the reading goroutine
+	parser      *stomp.Parser // owned by the reading goroutine
 	rbuf        []byte
 	readTimeout time.Duration // 0 = broker sends no heart-beats
 	sendEvery   time.Duration
@@ -157,7 +158,7 @@ type stompLink struct {
 func (l *stompLink) Write(f *frame.Frame) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.scratch = AppendFrame(l.scratch[:0], f, V12)
+	l.scratch = stomp.AppendFrame(l.scratch[:0], f, stomp.V12)
 	_, err := l.w.Write(l.scratch)
 	return err
 }

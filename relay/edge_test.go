@@ -16,6 +16,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/stomp"
 )
 
 func TestSubprotocolNegotiation(t *testing.T) {
@@ -56,8 +57,8 @@ func TestConnectRelayAndStamp(t *testing.T) {
 
 	// A frame split across two WebSocket messages, then two frames in one
 	// message; bob tries to pass as mallory.
-	send := string(AppendFrame(nil, &frame.Frame{Command: frame.SEND, Header: frame.NewHeader(
-		"destination", "/topic/x", "x-user-id", "mallory", "user-id", "mallory"), Body: []byte("one")}, V12))
+	send := string(stomp.AppendFrame(nil, &frame.Frame{Command: frame.SEND, Header: frame.NewHeader(
+		"destination", "/topic/x", "x-user-id", "mallory", "user-id", "mallory"), Body: []byte("one")}, stomp.V12))
 	bob.raw(send[:10])
 	bob.raw(send[10:])
 	bob.raw("SEND\ndestination:/topic/x\namqp-message-id:m-2\n\ntwo\x00\nSEND\ndestination:/topic/x\n\nthree\x00")

@@ -1,5 +1,7 @@
 package relay
 
+import "github.com/stompgate/stompgate/stomp"
+
 // ERROR frame x-error-code values (SPEC §4). They are part of the external
 // contract: clients branch on them.
 const (
@@ -7,8 +9,8 @@ const (
 	CodeTokenExpired         = "token_expired"
 	CodeRevoked              = "revoked"
 	CodeForbidden            = "forbidden"
-	CodeBadFrame             = "bad_frame"
-	CodeFrameTooLarge        = "frame_too_large"
+	CodeBadFrame             = stomp.CodeBadFrame
+	CodeFrameTooLarge        = stomp.CodeFrameTooLarge
 	CodeTooManySubscriptions = "too_many_subscriptions"
 	CodeTooManySessions      = "too_many_sessions"
 	CodeRateLimited          = "rate_limited"

@@ -22,6 +22,7 @@ import (
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/stomp"
 )
 
 func TestMain(m *testing.M) {
@@ -118,7 +119,7 @@ type client struct {
 	t      *testing.T
 	ws     *websocket.Conn
 	resp   *http.Response
-	parser *Parser
+	parser *stomp.Parser
 	frames chan recvFrame // filled by a reader goroutine; capacity large enough for test bursts
 	closed chan struct{}
 }
@@ -143,10 +144,10 @@ func (e *edge) dial(hdr http.Header, protocols ...string) (*client, error) {
 	if err != nil {
 		return &client{resp: resp}, err
 	}
-	c := &client{t: e.t, ws: ws, resp: resp, parser: NewParser(Limits{MaxFrameBytes: 16 << 20, MaxHeaders: 1000, MaxHeaderBytes: 1 << 20}, ServerCommands),
+	c := &client{t: e.t, ws: ws, resp: resp, parser: stomp.NewParser(stomp.Limits{MaxFrameBytes: 16 << 20, MaxHeaders: 1000, MaxHeaderBytes: 1 << 20}, stomp.ServerCommands),
 		frames: make(chan recvFrame, 100000), closed: make(chan struct{})}
 	if len(protocols) == 1 && protocols[0] == "v10.stomp" {
-		c.parser.Version = V10
+		c.parser.Version = stomp.V10
 	}
 	go c.readLoop()
 	e.t.Cleanup(func() { ws.Close(); <-c.closed })
@@ -200,7 +201,7 @@ func (c *client) send(f *frame.Frame) {
 	if bytes.ContainsRune(f.Body, 0xFFFD) || !isUTF8(f.Body) {
 		mt = websocket.BinaryMessage
 	}
-	if err := c.ws.WriteMessage(mt, AppendFrame(nil, f, V12)); err != nil {
+	if err := c.ws.WriteMessage(mt, stomp.AppendFrame(nil, f, stomp.V12)); err != nil {
 		c.t.Fatalf("write: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stompgate/stompgate/stomp"
 )
 
 // Metrics are the edge's Prometheus series (SPEC §8). One Metrics belongs to
@@ -56,10 +57,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.OutboundBytes, m.BrokerConnections, m.BrokerUp, m.HTTPRefused, m.RelayLatency)
 	// Pre-resolve label values so the per-frame path does no map lookups
 	// under the vector's lock and every series exists from the start.
-	for c := range ClientCommands {
+	for c := range stomp.ClientCommands {
 		m.framesIn[c] = m.FramesIn.WithLabelValues(c)
 	}
-	for c := range ServerCommands {
+	for c := range stomp.ServerCommands {
 		m.framesOut[c] = m.FramesOut.WithLabelValues(c)
 	}
 	for _, c := range AllCodes {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/stomp"
 )
 
 // Subprotocols are the STOMP WebSocket subprotocols, in the edge's order of
@@ -60,7 +61,7 @@ type Server struct {
 	log      *slog.Logger
 	now      func() time.Time
 	version  string
-	limits   Limits
+	limits   stomp.Limits
 	rules    *auth.Rules
 	revoked  Revocations
 	rates    *auth.RateLimits
@@ -98,7 +99,7 @@ func NewServer(base context.Context, d Deps) *Server {
 		revoked:  d.Revocations,
 		rates: auth.NewRateLimits(d.Config.RateSession.PerSecond, d.Config.RateSession.Burst,
 			d.Config.RateUser.PerSecond, d.Config.RateUser.Burst),
-		limits: Limits{
+		limits: stomp.Limits{
 			MaxFrameBytes:  d.Config.MaxFrameBytes,
 			MaxHeaders:     d.Config.MaxHeaders,
 			MaxHeaderBytes: d.Config.MaxHeaderBytes,

@@ -20,6 +20,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/stompgate/stompgate/auth"
+	"github.com/stompgate/stompgate/stomp"
 )
 
 // Session is one client's STOMP-over-WebSocket connection and its broker
@@ -38,7 +39,7 @@ type Session struct {
 	version      atomic.Int32 // negotiated Version, 0 before CONNECT
 
 	// Owned by the client reader goroutine (readLoop).
-	parser    *Parser
+	parser    *stomp.Parser
 	connected bool
 	ident     auth.Identity
 	perms     *auth.Permissions
@@ -132,7 +133,7 @@ func newSession(srv *Server, ws *websocket.Conn, bc *bufConn, upgradeToken strin
 		ctx:          ctx,
 		stop:         stop,
 		upgradeToken: upgradeToken,
-		parser:       NewParser(srv.limits, ClientCommands),
+		parser:       stomp.NewParser(srv.limits, stomp.ClientCommands),
 		subs:         map[string]struct{}{},
 		rbuf:         make([]byte, 16<<10),
 		wake:         make(chan struct{}, 1),
@@ -206,7 +207,7 @@ func (s *Session) end(final *frame.Frame, reason string, drop bool) {
 		var data []byte
 		code := websocket.CloseNormalClosure
 		if final != nil {
-			data = AppendFrame(nil, final, Version(s.version.Load()))
+			data = stomp.AppendFrame(nil, final, stomp.Version(s.version.Load()))
 			ec := final.Header.Get("x-error-code")
 			s.srv.metrics.Rejections.WithLabelValues(ec).Inc()
 			s.srv.logFrame(s.log, "out", final)
@@ -278,7 +279,7 @@ func (s *Session) enqueue(data []byte, command string, received time.Time, wake 
 // send encodes an edge-made frame for the client.
 func (s *Session) send(f *frame.Frame) error {
 	s.srv.logFrame(s.log, "out", f)
-	return s.enqueue(AppendFrame(nil, f, Version(s.version.Load())), f.Command, time.Time{}, true)
+	return s.enqueue(stomp.AppendFrame(nil, f, stomp.Version(s.version.Load())), f.Command, time.Time{}, true)
 }
 
 // writeLoop is the only goroutine that writes the WebSocket.
@@ -491,7 +492,7 @@ func (s *Session) readLoop() {
 			continue
 		}
 		if err := s.readMessage(r); err != nil {
-			var fe *FrameError
+			var fe *stomp.FrameError
 			if errors.As(err, &fe) {
 				s.fail(fe.Code, fe.Msg)
 			} else if !errors.Is(err, errSessionClosing) {
@@ -600,19 +601,19 @@ func (s *Session) brokerLost(err error) {
 
 // negotiateVersion picks the highest version both sides speak (STOMP 1.2
 // §Protocol Negotiation); no accept-version header means 1.0.
-func negotiateVersion(accept string) (Version, bool) {
+func negotiateVersion(accept string) (stomp.Version, bool) {
 	if accept == "" {
-		return V10, true
+		return stomp.V10, true
 	}
-	best := Version(0)
+	best := stomp.Version(0)
 	for _, v := range strings.Split(accept, ",") {
 		switch strings.TrimSpace(v) {
 		case "1.2":
-			best = max(best, V12)
+			best = max(best, stomp.V12)
 		case "1.1":
-			best = max(best, V11)
+			best = max(best, stomp.V11)
 		case "1.0":
-			best = max(best, V10)
+			best = max(best, stomp.V10)
 		}
 	}
 	return best, best != 0
@@ -685,7 +686,7 @@ func (s *Session) connect(f *frame.Frame) error {
 		frame.Session, s.id,
 		frame.Server, "stompgate/"+s.srv.version,
 		"user-name", ident.Subject)
-	if v != V10 {
+	if v != stomp.V10 {
 		connected.Header.Set(frame.Version, v.String())
 	}
 	if hb == 0 || cx == 0 {
@@ -854,7 +855,7 @@ func (s *Session) onSubscribe(f *frame.Frame) error {
 	}
 	id := f.Header.Get(frame.Id)
 	if id == "" {
-		if Version(s.version.Load()) >= V11 {
+		if stomp.Version(s.version.Load()) >= stomp.V11 {
 			return s.refuse(CodeBadFrame, "SUBSCRIBE needs an id header")
 		}
 		id = d.Raw
@@ -928,5 +929,5 @@ func (s *Session) brokerLoop() {
 // encode re-encodes a broker frame for the client's STOMP version.
 func (s *Session) encode(f *frame.Frame) []byte {
 	s.srv.logFrame(s.log, "out", f)
-	return AppendFrame(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, Version(s.version.Load()))
+	return stomp.AppendFrame(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, stomp.Version(s.version.Load()))
 }

@@ -11,8 +11,7 @@ import (
 	"github.com/go-stomp/stomp/v3/frame"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
-
-	"github.com/stompgate/stompgate/relay"
+	"github.com/stompgate/stompgate/stomp"
 )
 
 // writeTimeout bounds every WebSocket write.
@@ -23,8 +22,8 @@ const writeTimeout = 10 * time.Second
 // called from any goroutine.
 type stompConn struct {
 	ws      *websocket.Conn
-	parser  *relay.Parser
-	version relay.Version
+	parser  *stomp.Parser
+	version stomp.Version
 	rbuf    []byte
 	wbuf    []byte
 }
@@ -55,7 +54,7 @@ func dial(ctx context.Context, c options, user string, pair int) (*stompConn, er
 	}
 	sc := &stompConn{
 		ws:     ws,
-		parser: relay.NewParser(relay.Limits{MaxFrameBytes: 4 << 20, MaxHeaders: 1000, MaxHeaderBytes: 64 << 10}, relay.ServerCommands),
+		parser: stomp.NewParser(stomp.Limits{MaxFrameBytes: 4 << 20, MaxHeaders: 1000, MaxHeaderBytes: 64 << 10}, stomp.ServerCommands),
 		rbuf:   make([]byte, 32<<10),
 	}
 	connect := frame.New(frame.CONNECT, frame.AcceptVersion, "1.2,1.1,1.0", frame.HeartBeat, "0,0")
@@ -89,11 +88,11 @@ func dial(ctx context.Context, c options, user string, pair int) (*stompConn, er
 	}
 	switch f.Header.Get(frame.Version) {
 	case "1.2":
-		sc.version = relay.V12
+		sc.version = stomp.V12
 	case "1.1":
-		sc.version = relay.V11
+		sc.version = stomp.V11
 	default:
-		sc.version = relay.V10
+		sc.version = stomp.V10
 	}
 	sc.parser.Version = sc.version
 	_ = ws.SetReadDeadline(time.Time{})
@@ -139,7 +138,7 @@ func (sc *stompConn) subscribe(dest string, timeout time.Duration) error {
 }
 
 func (sc *stompConn) writeFrame(f *frame.Frame, deadline time.Time) error {
-	sc.wbuf = relay.AppendFrame(sc.wbuf[:0], f, sc.version)
+	sc.wbuf = stomp.AppendFrame(sc.wbuf[:0], f, sc.version)
 	return sc.write(sc.wbuf, deadline)
 }
 

@@ -1,7 +1,8 @@
-package relay
+package stomp
 
 import (
 	"bytes"
+	"iter"
 	"strconv"
 	"strings"
 
@@ -27,8 +28,14 @@ func (v Version) String() string {
 	return "1.2"
 }
 
+// The x-error-code values of the two kinds of FrameError (SPEC §4).
+const (
+	CodeBadFrame      = "bad_frame"
+	CodeFrameTooLarge = "frame_too_large"
+)
+
 // FrameError is a protocol violation found while parsing; Code is the
-// x-error-code the client is sent before the connection is closed.
+// x-error-code the peer is sent before the connection is closed.
 type FrameError struct {
 	Code string // CodeBadFrame or CodeFrameTooLarge
 	Msg  string
@@ -149,6 +156,26 @@ func (p *Parser) Next() (*frame.Frame, error) {
 	}
 	p.off += n
 	return f, nil
+}
+
+// Frames iterates over the complete frames buffered so far, ending when more
+// input is needed or at the first error (yielded with a nil frame). Each
+// frame's Body is valid only until the loop body returns; Compact is called
+// when the iteration ends.
+func (p *Parser) Frames() iter.Seq2[*frame.Frame, error] {
+	return func(yield func(*frame.Frame, error) bool) {
+		defer p.Compact()
+		for {
+			f, err := p.Next()
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			if f == nil || !yield(f, nil) {
+				return
+			}
+		}
+	}
 }
 
 // Compact moves unparsed bytes to the front of the buffer so it does not

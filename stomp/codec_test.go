@@ -1,4 +1,4 @@
-package relay
+package stomp
 
 import (
 	"bytes"
@@ -157,6 +157,12 @@ func FuzzParser(f *testing.F) {
 		"SEND\nk:\\n\\c\\\\\\r\n\n\x00",
 		"\r\n\n",
 		"SEND\ncontent-length:99999999\n\n",
+		// Over each limit: the fuzzer's "never a frame over limits" check
+		// trips on these at once if a limit stops being enforced.
+		"SEND\ndestination:/a\n\n" + strings.Repeat("b", 5000) + "\x00",
+		"SEND\ndestination:/a\ncontent-length:5000\n\n" + strings.Repeat("b", 5000) + "\x00",
+		"SEND\nk:" + strings.Repeat("v", 600) + "\n\n\x00",
+		"SEND\n" + strings.Repeat("h:v\n", 20) + "\n\x00",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s), uint8(3))
@@ -164,9 +170,12 @@ func FuzzParser(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
 		// The same bytes in one piece and split into chunks must give the
 		// same frames or the same error, never a panic or a frame over limits.
-		whole := NewParser(Limits{MaxFrameBytes: 4096, MaxHeaders: 16, MaxHeaderBytes: 512}, ClientCommands)
-		parts := NewParser(Limits{MaxFrameBytes: 4096, MaxHeaders: 16, MaxHeaderBytes: 512}, ClientCommands)
+		whole := NewParser(fuzzLimits, ClientCommands)
+		parts := NewParser(fuzzLimits, ClientCommands)
 		a, errA := collect(whole, [][]byte{data})
+		for _, fr := range a {
+			checkWithinLimits(t, fr, fuzzLimits)
+		}
 		chunk := int(split%16) + 1
 		var pieces [][]byte
 		for i := 0; i < len(data); i += chunk {
@@ -176,30 +185,53 @@ func FuzzParser(f *testing.F) {
 		if (errA == nil) != (errB == nil) {
 			t.Fatalf("split changed the outcome: %v vs %v", errA, errB)
 		}
-		if errA == nil && !bytes.Equal(bytes.Join(a, []byte{1}), bytes.Join(b, []byte{1})) {
+		if errA == nil && !bytes.Equal(encodeAll(a), encodeAll(b)) {
 			t.Fatalf("split changed the frames")
 		}
 	})
 }
 
-func collect(p *Parser, pieces [][]byte) ([][]byte, error) {
-	var out [][]byte
+func collect(p *Parser, pieces [][]byte) ([]*frame.Frame, error) {
+	var out []*frame.Frame
 	for _, piece := range pieces {
 		p.Feed(piece)
-		for {
-			f, err := p.Next()
+		for f, err := range p.Frames() {
 			if err != nil {
 				return out, err
 			}
-			if f == nil {
-				break
-			}
-			if len(f.Body) > 4096 || f.Header.Len() > 16 {
-				return out, errors.New("frame over limits")
-			}
-			out = append(out, AppendFrame(nil, f, V12))
+			f.Body = append([]byte(nil), f.Body...)
+			out = append(out, f)
 		}
-		p.Compact()
 	}
 	return out, nil
+}
+
+func encodeAll(fs []*frame.Frame) []byte {
+	var b []byte
+	for _, f := range fs {
+		b = AppendFrame(b, f, V12)
+	}
+	return b
+}
+
+var fuzzLimits = Limits{MaxFrameBytes: 4096, MaxHeaders: 16, MaxHeaderBytes: 512}
+
+// checkWithinLimits fails when a frame the parser returned breaks one of
+// the limits (decoded headers are never longer than their wire form).
+func checkWithinLimits(t *testing.T, f *frame.Frame, l Limits) {
+	t.Helper()
+	if f.Header.Len() > l.MaxHeaders {
+		t.Fatalf("frame with %d headers, limit %d", f.Header.Len(), l.MaxHeaders)
+	}
+	size := len(f.Command) + 2 + len(f.Body)
+	for i := 0; i < f.Header.Len(); i++ {
+		k, v := f.Header.GetAt(i)
+		if n := len(k) + 1 + len(v); n > l.MaxHeaderBytes {
+			t.Fatalf("header line of %d bytes, limit %d", n, l.MaxHeaderBytes)
+		}
+		size += len(k) + len(v) + 2
+	}
+	if size > l.MaxFrameBytes {
+		t.Fatalf("frame of %d bytes, limit %d", size, l.MaxFrameBytes)
+	}
 }
