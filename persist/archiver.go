@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/internal/backoff"
 )
 
 // Timeouts of single operations; Postgres and RabbitMQ are never waited on
@@ -105,7 +105,7 @@ func (a *Archiver) Run(ctx context.Context) error {
 		<-writerDone
 	}()
 
-	bo := backoff{min: a.cfg.RetryMin, max: a.cfg.RetryMax}
+	bo := backoff.Backoff{Min: a.cfg.RetryMin, Max: a.cfg.RetryMax}
 	for {
 		started := time.Now()
 		err := a.runSession(ctx, batches)
@@ -113,9 +113,9 @@ func (a *Archiver) Run(ctx context.Context) error {
 			return nil
 		}
 		if time.Since(started) > a.cfg.RetryMax {
-			bo.reset()
+			bo.Reset()
 		}
-		wait := bo.next()
+		wait := bo.Next()
 		a.log.Warn("rabbitmq session ended, reconnecting", "err", err, "in", wait)
 		a.metrics.Reconnects.Inc()
 		select {
@@ -316,7 +316,7 @@ func (a *Archiver) writeLoop(ctx context.Context, batches <-chan *batch) {
 // once the previous batch is settled, acks. When ctx ends first, b stays
 // unacked (RabbitMQ redelivers it). It reports whether b was acked.
 func (a *Archiver) settle(ctx context.Context, b *batch) bool {
-	bo := backoff{min: a.cfg.RetryMin, max: a.cfg.RetryMax}
+	bo := backoff.Backoff{Min: a.cfg.RetryMin, Max: a.cfg.RetryMax}
 	var res Result
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
@@ -330,7 +330,7 @@ func (a *Archiver) settle(ctx context.Context, b *batch) bool {
 		}
 		a.metrics.WriteRetries.Inc()
 		a.metrics.Paused.Set(1)
-		wait := bo.next()
+		wait := bo.Next()
 		level := slog.LevelDebug // one line per outage, then one per ten attempts
 		if attempt == 1 || attempt%10 == 0 {
 			level = slog.LevelWarn
@@ -442,22 +442,4 @@ func (a *Archiver) deadLetter(ctx context.Context, s *session, d *amqp.Delivery,
 		return fmt.Errorf("publish to %s: nacked by the broker", a.cfg.DLX)
 	}
 	return nil
-}
-
-// backoff is capped exponential backoff with full jitter in [d/2, d].
-type backoff struct {
-	min, max time.Duration
-	cur      time.Duration
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	half := b.cur / 2
-	return half + rand.N(b.cur-half+1)
 }

@@ -86,22 +86,3 @@ func TestHeadersJSON(t *testing.T) {
 		t.Fatalf("got  %s\nwant %s", r.Headers, want)
 	}
 }
-
-func TestBackoff(t *testing.T) {
-	b := backoff{min: 100 * time.Millisecond, max: time.Second}
-	var prevCap time.Duration
-	for i := range 10 {
-		d := b.next()
-		if d < b.cur/2 || d > b.cur || b.cur > b.max || b.cur < prevCap {
-			t.Fatalf("attempt %d: %s with cap %s", i, d, b.cur)
-		}
-		prevCap = b.cur
-	}
-	if b.cur != time.Second {
-		t.Fatalf("cap %s, want 1s", b.cur)
-	}
-	b.reset()
-	if d := b.next(); d > 100*time.Millisecond {
-		t.Fatalf("after reset %s", d)
-	}
-}
