@@ -1,4 +1,4 @@
-package persist_test
+package pgdb_test
 
 import (
 	"context"
@@ -8,8 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/stompgate/stompgate/internal/pgdb"
 	"github.com/stompgate/stompgate/internal/testenv"
-	"github.com/stompgate/stompgate/persist"
 )
 
 // The edge and the persister of `make run` start together on a fresh
@@ -17,7 +17,7 @@ import (
 // exactly one reports that it created it. Postgres reports the losers of a
 // concurrent CREATE DATABASE either as duplicate_database or as a unique
 // violation on pg_database, so several rounds are run.
-func TestEnsureDatabaseConcurrently(t *testing.T) {
+func TestEnsureConcurrently(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -46,7 +46,7 @@ func TestEnsureDatabaseConcurrently(t *testing.T) {
 		for i := range created {
 			wg.Go(func() {
 				<-start
-				created[i], errs[i] = persist.EnsureDatabase(ctx, dbURL)
+				created[i], errs[i] = pgdb.Ensure(ctx, dbURL)
 			})
 		}
 		close(start)
