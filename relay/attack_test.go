@@ -22,9 +22,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/internal/testenv"
-	"github.com/stompgate/stompgate/persist"
+	"github.com/stompgate/stompgate/revocation"
 )
 
 // quiet asserts that the tap receives nothing but a marker published after
@@ -346,21 +345,21 @@ func TestAttackRevokedMidSessionOnTwoEdges(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	if err := persist.Migrate(ctx, pool); err != nil {
+	if err := revocation.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
 	}
 	vhost := testenv.Vhost(t)
 	var edges []*edge
 	var clients []*client
 	for i := 0; i < 2; i++ {
-		store := auth.NewRevocationStore(pool, auth.RevocationConfig{})
+		store := revocation.NewStore(pool, revocation.Config{})
 		runCtx, stop := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { _ = store.Run(runCtx); close(done) }()
 		t.Cleanup(func() { stop(); <-done })
 		<-store.Ready()
 		e := startEdgeWith(t, vhost, nil, func(d *Deps) { d.Revocations = store })
-		unregister := store.OnRevoke(func(c auth.RevocationChange) { e.srv.Revoke(c.Subjects, c.TokenIDs) })
+		unregister := store.OnRevoke(e.srv)
 		t.Cleanup(unregister)
 		c := e.mustDial(nil)
 		c.connect(roomToken(t, "eve", nil))
@@ -368,7 +367,7 @@ func TestAttackRevokedMidSessionOnTwoEdges(t *testing.T) {
 	}
 	ch := amqpChannel(t, vhost)
 	deliveries := tap(t, ch)
-	if _, err := auth.Revoke(ctx, pool, auth.Revocation{Subject: "eve", Reason: "test"}); err != nil {
+	if _, err := revocation.Revoke(ctx, pool, revocation.Row{Subject: "eve", Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

@@ -16,7 +16,6 @@ import (
 	"bytes"
 	"io"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/relay/broker"
 	"github.com/stompgate/stompgate/stomp"
 )
 
@@ -146,15 +146,37 @@ func BenchmarkCodecSplitInput(b *testing.B) {
 	}
 }
 
-// benchConn is a net.Conn that discards writes; only what stompLink calls
-// on the write path is implemented.
-type benchConn struct{ net.Conn }
+// discardBroker is a broker.Session that encodes every frame as the STOMP
+// connection does (stompconn) into a buffer that discards: the session's
+// broker-side cost without a socket.
+type discardBroker struct {
+	w       *bufio.Writer
+	scratch []byte
+}
 
-func (benchConn) Write(p []byte) (int, error)      { return len(p), nil }
-func (benchConn) SetWriteDeadline(time.Time) error { return nil }
+func (d *discardBroker) write(f *frame.Frame) error {
+	d.scratch = stomp.AppendFrame(d.scratch[:0], f, stomp.V12)
+	_, err := d.w.Write(d.scratch)
+	return err
+}
+
+func (d *discardBroker) Send(m broker.Message) error {
+	return d.write(&frame.Frame{Command: frame.SEND, Header: m.Header, Body: m.Body})
+}
+func (d *discardBroker) Subscribe(s broker.Subscription) error {
+	return d.write(&frame.Frame{Command: frame.SUBSCRIBE, Header: s.Header})
+}
+func (d *discardBroker) Unsubscribe(string, string) error { return nil }
+func (d *discardBroker) Ack(broker.Ack) error             { return nil }
+func (d *discardBroker) Begin(string, string) error       { return nil }
+func (d *discardBroker) Commit(string, string) error      { return nil }
+func (d *discardBroker) Abort(string, string) error       { return nil }
+func (d *discardBroker) Disconnect(string) error          { return nil }
+func (d *discardBroker) Flush() error                     { return d.w.Flush() }
+func (d *discardBroker) Close() error                     { return nil }
 
 // benchSession builds a connected Session with no WebSocket whose broker
-// link writes to io.Discard: enough to run the session's per-frame code.
+// side writes to io.Discard: enough to run the session's per-frame code.
 func benchSession(b *testing.B, v stomp.Version) *Session {
 	b.Helper()
 	cfg, err := config.LoadEdge(func(k string) string {
@@ -166,8 +188,9 @@ func benchSession(b *testing.B, v stomp.Version) *Session {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &Server{cfg: cfg, metrics: NewMetrics(prometheus.NewRegistry()), now: time.Now, limits: benchLimits}
-	link := &stompLink{conn: benchConn{}, w: bufio.NewWriterSize(io.Discard, 32<<10)}
+	m := NewMetrics(prometheus.NewRegistry())
+	env := &sessionEnv{cfg: &cfg, limits: benchLimits, metrics: m, clock: SystemClock{},
+		guard: Guard{RateMaxWait: cfg.RateMaxWait, MaxSubscriptions: cfg.MaxSubscriptions}}
 	ident := auth.Identity{Subject: "alice", Expiry: time.Now().Add(time.Hour),
 		Scopes: []string{"send:/topic/bench.relay", "subscribe:/topic/bench.relay"}}
 	perms, err := auth.NewPermissions(ident, nil)
@@ -175,26 +198,26 @@ func benchSession(b *testing.B, v stomp.Version) *Session {
 		b.Fatal(err)
 	}
 	s := &Session{
-		srv:       srv,
+		env:       env,
 		log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		parser:    stomp.NewParser(benchLimits, stomp.ClientCommands),
 		connected: true,
-		ident:     ident,
-		perms:     perms,
 		limiter:   &auth.SessionLimiter{}, // no rate limit
-		subs:      map[string]struct{}{},
-		link:      link,
+		subs:      map[string]subscription{},
+		bs:        &discardBroker{w: bufio.NewWriterSize(io.Discard, 32<<10)},
 		rbuf:      make([]byte, 16<<10),
-		wake:      make(chan struct{}, 1),
 	}
+	s.out = newOutbox(nil, nil, cfg.SendBufferBytes, cfg.SendTimeLimit, m, nil)
+	s.creds.Store(&Credentials{Ident: ident, Perms: perms})
 	s.parser.Version = v
 	s.version.Store(int32(v))
 	return s
 }
 
 // BenchmarkSessionClientSend runs one WebSocket message holding one SEND
-// through Session.readMessage: parse, per-SEND checks and identity
-// stamping (onSend), re-encode and buffered write to the broker link.
+// through Session.readMessage: parse, the guard's per-SEND checks and
+// identity stamping (onSend), re-encode and buffered write to the broker
+// side.
 func BenchmarkSessionClientSend(b *testing.B) {
 	for _, tc := range []struct {
 		name string
@@ -213,7 +236,7 @@ func BenchmarkSessionClientSend(b *testing.B) {
 				if err := s.readMessage(r); err != nil {
 					b.Fatal(err)
 				}
-				if err := s.link.Flush(); err != nil {
+				if err := s.bs.Flush(); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -222,13 +245,15 @@ func BenchmarkSessionClientSend(b *testing.B) {
 }
 
 // BenchmarkSessionBrokerMessage runs one broker MESSAGE through what the
-// session's broker reader does with it: parse (stompLink's parser),
-// Session.encode for the client's version, and enqueue for the writer. The
-// queue is emptied every iteration, as the writer would.
+// broker side and the session do with it: parse (the STOMP connection's
+// parser), stomp.AppendMessage for the client's version, and the sink's
+// Deliver into the outbox. The queue is emptied every iteration, as the
+// writer would.
 func BenchmarkSessionBrokerMessage(b *testing.B) {
 	for _, v := range []stomp.Version{stomp.V12, stomp.V10} {
 		b.Run("v"+v.String(), func(b *testing.B) {
 			s := benchSession(b, v)
+			sink := sessionSink{s}
 			p := stomp.NewParser(stomp.Limits{MaxFrameBytes: 16 << 20, MaxHeaders: 1000, MaxHeaderBytes: 16 << 20}, stomp.ServerCommands)
 			b.ReportAllocs()
 			b.SetBytes(int64(len(benchBrokerMessage)))
@@ -238,17 +263,11 @@ func BenchmarkSessionBrokerMessage(b *testing.B) {
 				if err != nil || f == nil {
 					b.Fatalf("frame %v, err %v", f, err)
 				}
-				if err := s.enqueue(s.encode(f), frame.MESSAGE, time.Now(), true); err != nil {
-					b.Fatal(err)
-				}
+				sink.Deliver(stomp.AppendMessage(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, v), frame.MESSAGE, time.Now())
 				p.Compact()
-				s.mu.Lock()
-				s.queue, s.queued = s.queue[:0], 0
-				s.mu.Unlock()
-				select {
-				case <-s.wake:
-				default:
-				}
+				s.out.mu.Lock()
+				s.out.queue, s.out.queued = s.out.queue[:0], 0
+				s.out.mu.Unlock()
 			}
 		})
 	}

@@ -16,6 +16,7 @@ const (
 	CodeRateLimited          = "rate_limited"
 	CodeSlowConsumer         = "slow_consumer"
 	CodeBrokerUnavailable    = "broker_unavailable"
+	CodeBrokerBusy           = "broker_busy"
 	CodeShuttingDown         = "shutting_down"
 	CodeBroker               = "broker"
 )
@@ -24,5 +25,5 @@ const (
 var AllCodes = []string{
 	CodeUnauthenticated, CodeTokenExpired, CodeRevoked, CodeForbidden, CodeBadFrame,
 	CodeFrameTooLarge, CodeTooManySubscriptions, CodeTooManySessions, CodeRateLimited,
-	CodeSlowConsumer, CodeBrokerUnavailable, CodeShuttingDown, CodeBroker,
+	CodeSlowConsumer, CodeBrokerUnavailable, CodeBrokerBusy, CodeShuttingDown, CodeBroker,
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/relay/broker/stompconn"
 	"github.com/stompgate/stompgate/stomp"
 )
 
@@ -90,10 +91,9 @@ func startEdgeWith(t *testing.T, vhost string, env map[string]string, deps func(
 	m := NewMetrics(prometheus.NewRegistry())
 	d := Deps{
 		Config: cfg, Verifier: verifier, Origins: origins, Metrics: m,
-		Dialer: NewBrokerDialer(BrokerConfig{Addrs: cfg.BrokerAddrs, Login: cfg.BrokerLogin, Passcode: cfg.BrokerPasscode,
-			Vhost: cfg.BrokerVhost, Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout, MaxFrameBytes: 16 << 20}),
+		Broker: stompconn.New(stompconn.Config{Addrs: cfg.BrokerAddrs, Login: cfg.BrokerLogin, Passcode: cfg.BrokerPasscode,
+			Vhost: cfg.BrokerVhost, Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout, MaxFrameBytes: cfg.BrokerMaxFrameBytes}),
 		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Now:     time.Now,
 		Version: "test",
 	}
 	if deps != nil {

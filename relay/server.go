@@ -13,12 +13,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-stomp/stomp/v3/frame"
 	"github.com/gorilla/websocket"
 	"golang.org/x/time/rate"
 
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/relay/broker"
 	"github.com/stompgate/stompgate/stomp"
 )
 
@@ -31,11 +31,13 @@ type Deps struct {
 	Config   config.Edge
 	Verifier *auth.Verifier
 	Origins  *auth.OriginPolicy
-	Dialer   *BrokerDialer
-	Metrics  *Metrics
-	Logger   *slog.Logger
-	Now      func() time.Time
-	Version  string // reported in CONNECTED's server header
+	// Broker is the broker side of every session (package broker):
+	// stompconn in production, memory in tests.
+	Broker  broker.Broker
+	Metrics *Metrics
+	Logger  *slog.Logger
+	Clock   Clock  // nil: SystemClock
+	Version string // reported in CONNECTED's server header
 
 	// Rules are the EDGE_ACL_FILE defaults for every user (nil: none).
 	Rules *auth.Rules
@@ -52,19 +54,17 @@ type Revocations interface {
 
 // Server accepts WebSocket upgrades on /ws and runs sessions. It is safe for
 // concurrent use; Drain ends it.
+//
+// Lock order: Server.mu, then userSlots.mu; a session's Outbox.mu is never
+// held while taking either.
 type Server struct {
 	cfg      config.Edge
-	verifier *auth.Verifier
+	env      *sessionEnv
 	origins  *auth.OriginPolicy
-	dialer   *BrokerDialer
+	broker   broker.Broker
 	metrics  *Metrics
 	log      *slog.Logger
-	now      func() time.Time
-	version  string
-	limits   stomp.Limits
-	rules    *auth.Rules
 	revoked  Revocations
-	rates    *auth.RateLimits
 	upgrader websocket.Upgrader
 	accept   *rate.Limiter // nil = unlimited
 
@@ -76,39 +76,78 @@ type Server struct {
 	brokerUp atomic.Bool
 	probe    chan struct{} // capacity 1: a pending request for a broker probe
 
-	mu       sync.Mutex
+	mu       sync.Mutex // guards sessions and the WaitGroup's registration against Drain
 	sessions map[*Session]struct{}
-	perUser  map[string]int
 	wg       sync.WaitGroup
+}
+
+// userSlots counts each subject's open sessions (EDGE_MAX_SESSIONS_PER_USER).
+type userSlots struct {
+	max int
+	mu  sync.Mutex
+	n   map[string]int
+}
+
+func (u *userSlots) acquire(sub string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[sub] >= u.max {
+		return false
+	}
+	u.n[sub]++
+	return true
+}
+
+func (u *userSlots) release(sub string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.n[sub]--; u.n[sub] <= 0 {
+		delete(u.n, sub)
+	}
 }
 
 // NewServer builds a Server. Sessions live under a context derived from
 // base, not from any request.
 func NewServer(base context.Context, d Deps) *Server {
 	ctx, cancel := context.WithCancel(base)
+	clock := d.Clock
+	if clock == nil {
+		clock = SystemClock{}
+	}
 	s := &Server{
 		cfg:      d.Config,
-		verifier: d.Verifier,
 		origins:  d.Origins,
-		dialer:   d.Dialer,
+		broker:   d.Broker,
 		metrics:  d.Metrics,
 		log:      d.Logger,
-		now:      d.Now,
-		version:  d.Version,
-		rules:    d.Rules,
 		revoked:  d.Revocations,
-		rates: auth.NewRateLimits(d.Config.RateSession.PerSecond, d.Config.RateSession.Burst,
-			d.Config.RateUser.PerSecond, d.Config.RateUser.Burst),
+		baseCtx:  ctx,
+		cancel:   cancel,
+		probe:    make(chan struct{}, 1),
+		sessions: map[*Session]struct{}{},
+	}
+	s.env = &sessionEnv{
+		cfg: &s.cfg,
 		limits: stomp.Limits{
 			MaxFrameBytes:  d.Config.MaxFrameBytes,
 			MaxHeaders:     d.Config.MaxHeaders,
 			MaxHeaderBytes: d.Config.MaxHeaderBytes,
 		},
-		baseCtx:  ctx,
-		cancel:   cancel,
-		probe:    make(chan struct{}, 1),
-		sessions: map[*Session]struct{}{},
-		perUser:  map[string]int{},
+		guard:    Guard{RateMaxWait: d.Config.RateMaxWait, MaxSubscriptions: d.Config.MaxSubscriptions},
+		verifier: d.Verifier,
+		rules:    d.Rules,
+		broker:   d.Broker,
+		rates: auth.NewRateLimits(d.Config.RateSession.PerSecond, d.Config.RateSession.Burst,
+			d.Config.RateUser.PerSecond, d.Config.RateUser.Burst),
+		users:        &userSlots{max: d.Config.MaxSessionsPerUser, n: map[string]int{}},
+		metrics:      d.Metrics,
+		clock:        clock,
+		trace:        frameTrace{enabled: d.Config.LogFrames},
+		version:      d.Version,
+		brokerFailed: s.brokerFailed,
+	}
+	if d.Revocations != nil {
+		s.env.guard.Revoked = d.Revocations.IsRevoked
 	}
 	s.upgrader = websocket.Upgrader{
 		Subprotocols:     Subprotocols,
@@ -221,7 +260,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		bc.Close()
 		return
 	}
-	sess := newSession(s, ws, bc, token, s.log)
+	sess := newSession(s.env, s.baseCtx, ws, bc, token, s.log)
 	// Registration and the draining check share the lock with Drain/Close,
 	// so no session is added to the WaitGroup after they started waiting.
 	s.mu.Lock()
@@ -249,24 +288,6 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	sess.serve()
 }
 
-func (s *Server) acquireUser(sub string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perUser[sub] >= s.cfg.MaxSessionsPerUser {
-		return false
-	}
-	s.perUser[sub]++
-	return true
-}
-
-func (s *Server) releaseUser(sub string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.perUser[sub]--; s.perUser[sub] <= 0 {
-		delete(s.perUser, sub)
-	}
-}
-
 // brokerFailed marks the broker unreachable until the prober sees it again.
 func (s *Server) brokerFailed(err error) {
 	if s.brokerUp.Swap(false) {
@@ -280,14 +301,15 @@ func (s *Server) brokerFailed(err error) {
 }
 
 // ProbeBroker checks the broker every interval (and at once after a session
-// saw it fail) with a full STOMP handshake, until ctx ends.
+// saw it fail) with Broker.Probe, until ctx ends.
 func (s *Server) ProbeBroker(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		link, err := s.dialer.Dial(ctx)
+		pctx, cancel := context.WithTimeout(ctx, s.cfg.BrokerTimeout)
+		err := s.broker.Probe(pctx)
+		cancel()
 		if err == nil {
-			link.Close()
 			if !s.brokerUp.Swap(true) {
 				s.log.Info("broker reachable again")
 			}
@@ -339,7 +361,7 @@ func (s *Server) Drain(ctx context.Context) error {
 			case <-time.After(gap):
 			}
 		}
-		sess.fail(CodeShuttingDown, "server shutting down; reconnect")
+		sess.close(ReasonShuttingDown, "server shutting down; reconnect")
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -358,7 +380,7 @@ func (s *Server) Close() {
 	s.mu.Lock()
 	s.draining.Store(true)
 	for sess := range s.sessions {
-		sess.fail(CodeShuttingDown, "server shutting down; reconnect")
+		sess.close(ReasonShuttingDown, "server shutting down; reconnect")
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -389,35 +411,6 @@ func (s *Server) Revoke(subjects, tokenIDs []string) {
 	}
 	s.mu.Unlock()
 	for _, sess := range hit {
-		sess.fail(CodeRevoked, "access revoked by an operator")
+		sess.close(ReasonRevoked, "access revoked by an operator")
 	}
-}
-
-// logFrame writes the opt-in frame trace (EDGE_LOG_FRAMES) with tokens
-// redacted and bodies cut to 256 bytes.
-func (s *Server) logFrame(log *slog.Logger, dir string, f *frame.Frame) {
-	if !s.cfg.LogFrames {
-		return
-	}
-	attrs := make([]any, 0, 8)
-	attrs = append(attrs, "dir", dir, "command", f.Command)
-	hdr := make(map[string]string, f.Header.Len())
-	for i := 0; i < f.Header.Len(); i++ {
-		k, v := f.Header.GetAt(i)
-		switch k {
-		case frame.Passcode, "Authorization", "authorization", "access_token", "token":
-			v = "[redacted]"
-		}
-		hdr[k] = v
-	}
-	attrs = append(attrs, "headers", hdr)
-	body := f.Body
-	if len(body) > 256 {
-		body = body[:256]
-	}
-	if f.Header.Get(frame.Destination) == "/edge/refresh" {
-		body = []byte("[redacted]")
-	}
-	attrs = append(attrs, "body", string(body), "body_bytes", len(f.Body))
-	log.Info("frame", attrs...)
 }

@@ -443,6 +443,31 @@ func AppendFrame(dst []byte, f *frame.Frame, v Version) []byte {
 	return append(dst, 0)
 }
 
+// AppendMessage encodes a MESSAGE from a STOMP 1.2 broker for a client
+// speaking version v: below 1.2 the ack header is left out, as RabbitMQ
+// does for such clients (they acknowledge by message-id, which RabbitMQ
+// sets to the same value).
+func AppendMessage(dst []byte, f *frame.Frame, v Version) []byte {
+	if v >= V12 || f.Header.Get(frame.Ack) == "" {
+		return AppendFrame(dst, f, v)
+	}
+	dst = append(dst, f.Command...)
+	dst = append(dst, '\n')
+	for i := 0; i < f.Header.Len(); i++ {
+		k, val := f.Header.GetAt(i)
+		if k == frame.Ack {
+			continue
+		}
+		dst = appendHeaderValue(dst, k, v >= V11, v)
+		dst = append(dst, ':')
+		dst = appendHeaderValue(dst, val, v >= V11, v)
+		dst = append(dst, '\n')
+	}
+	dst = append(dst, '\n')
+	dst = append(dst, f.Body...)
+	return append(dst, 0)
+}
+
 func appendHeaderValue(dst []byte, s string, escaped bool, v Version) []byte {
 	if !needsEscape(s) {
 		return append(dst, s...)

@@ -24,9 +24,12 @@ import (
 
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/internal/backoff"
+	"github.com/stompgate/stompgate/internal/pgdb"
 	"github.com/stompgate/stompgate/internal/sched"
-	"github.com/stompgate/stompgate/persist"
 	"github.com/stompgate/stompgate/relay"
+	"github.com/stompgate/stompgate/relay/broker/stompconn"
+	"github.com/stompgate/stompgate/revocation"
 	"github.com/stompgate/stompgate/web"
 )
 
@@ -89,22 +92,20 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		Config:   cfg,
 		Verifier: verifier,
 		Origins:  origins,
-		Dialer: relay.NewBrokerDialer(relay.BrokerConfig{
+		Broker: stompconn.New(stompconn.Config{
 			Addrs: cfg.BrokerAddrs, Login: cfg.BrokerLogin, Passcode: cfg.BrokerPasscode,
 			Vhost: cfg.BrokerVhost, Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout,
-			MaxFrameBytes: 16 << 20,
+			MaxFrameBytes: cfg.BrokerMaxFrameBytes,
 		}),
 		Metrics: relay.NewMetrics(reg),
 		Logger:  log,
-		Now:     time.Now,
 		Version: version,
 
 		Rules:       rules,
 		Revocations: revocations,
 	})
-	if store, ok := revocations.(*auth.RevocationStore); ok {
-		unregister := store.OnRevoke(func(c auth.RevocationChange) { srv.Revoke(c.Subjects, c.TokenIDs) })
-		defer unregister()
+	if store, ok := revocations.(*revocation.Store); ok {
+		defer store.OnRevoke(srv)()
 	}
 	mux := http.NewServeMux()
 	srv.Routes(mux)
@@ -146,7 +147,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 // revoked user cannot slip in during start; if the database is not
 // reachable by then the edge starts anyway, reports "stale" in /readyz and
 // keeps trying.
-func startRevocations(ctx context.Context, url string, reg prometheus.Registerer, log *slog.Logger) (*auth.RevocationStore, func(), error) {
+func startRevocations(ctx context.Context, url string, reg prometheus.Registerer, log *slog.Logger) (*revocation.Store, func(), error) {
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, nil, fmt.Errorf("EDGE_DATABASE_URL: %w", err)
@@ -156,7 +157,7 @@ func startRevocations(ctx context.Context, url string, reg prometheus.Registerer
 	if err != nil {
 		return nil, nil, fmt.Errorf("EDGE_DATABASE_URL: %w", err)
 	}
-	store := auth.NewRevocationStore(pool, auth.RevocationConfig{Logger: log})
+	store := revocation.NewStore(pool, revocation.Config{Logger: log})
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "stompgate_revocations_healthy",
 			Help: "1 while the revocation list is in sync with Postgres; 0 while the last known list is in force."},
@@ -169,23 +170,22 @@ func startRevocations(ctx context.Context, url string, reg prometheus.Registerer
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		// Migrations first (they create stompgate_revocations), retried
+		// The database and the table first (revocation.Migrate), retried
 		// with backoff while the database is unreachable.
-		for wait := 250 * time.Millisecond; ; wait = min(2*wait, 15*time.Second) {
+		retry := backoff.Backoff{Min: 250 * time.Millisecond, Max: 15 * time.Second}
+		for {
 			mctx, mcancel := context.WithTimeout(runCtx, 10*time.Second)
-			_, err := persist.EnsureDatabase(mctx, url)
+			_, err := pgdb.Ensure(mctx, url)
 			if err == nil {
-				err = persist.Migrate(mctx, pool)
+				err = revocation.Migrate(mctx, pool)
 			}
 			mcancel()
 			if err == nil {
 				break
 			}
-			log.Warn("revocations: migrate failed; retrying", "err", err, "in", wait)
-			select {
-			case <-runCtx.Done():
+			log.Warn("revocations: migrate failed; retrying", "err", err)
+			if !retry.Sleep(runCtx) {
 				return
-			case <-time.After(wait):
 			}
 		}
 		_ = store.Run(runCtx)
