@@ -8,8 +8,10 @@
 //   - Rules (EDGE_ACL_FILE) and Permissions: who may subscribe, send and
 //     declare where, with the subset rule for wildcard subscriptions;
 //   - CheckHeaders, StampIdentity: the header firewall and identity headers;
-//   - RevocationStore: stompgate_revocations in memory, following LISTEN;
 //   - RateLimits: per-session and per-subject token buckets.
+//
+// Revocation (stompgate_revocations, LISTEN, edgectl's statements) lives in
+// package revocation.
 //
 // Everything here is safe for concurrent use unless its type says
 // otherwise; nothing logs except through a logger passed in.

@@ -12,27 +12,28 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/stompgate/stompgate/auth"
-	"github.com/stompgate/stompgate/persist"
+	"github.com/stompgate/stompgate/internal/pgdb"
+	"github.com/stompgate/stompgate/revocation"
 )
 
 // dbTimeout bounds every database step of a command.
 const dbTimeout = 15 * time.Second
 
-// openDB connects to the database and applies the migrations (so the
-// revocation table exists even before the first edge started).
+// openDB connects to the database, creating it if needed, and applies the
+// revocation migrations (so the table exists even before the first edge
+// started). edgectl touches no other table.
 func openDB(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if url == "" {
 		return nil, errors.New("no database: set EDGE_DATABASE_URL or pass --database")
 	}
-	if _, err := persist.EnsureDatabase(ctx, url); err != nil {
+	if _, err := pgdb.Ensure(ctx, url); err != nil {
 		return nil, err
 	}
 	pool, err := pgxpool.New(ctx, url)
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
-	if err := persist.Migrate(ctx, pool); err != nil {
+	if err := revocation.Migrate(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
 	}
@@ -106,7 +107,7 @@ func revoke(ctx context.Context, args []string, getenv func(string) string, stdo
 		return fmt.Errorf("revoke: %w", err)
 	}
 	defer pool.Close()
-	id, err := auth.Revoke(ctx, pool, auth.Revocation{Subject: t.subject, TokenID: t.jti, Until: u, Reason: *reason})
+	id, err := revocation.Revoke(ctx, pool, revocation.Row{Subject: t.subject, TokenID: t.jti, Until: u, Reason: *reason})
 	if err != nil {
 		return err
 	}
@@ -136,7 +137,7 @@ func unrevoke(ctx context.Context, args []string, getenv func(string) string, st
 		return fmt.Errorf("unrevoke: %w", err)
 	}
 	defer pool.Close()
-	n, err := auth.Unrevoke(ctx, pool, t.subject, t.jti)
+	n, err := revocation.Unrevoke(ctx, pool, t.subject, t.jti)
 	if err != nil {
 		return err
 	}
@@ -157,7 +158,7 @@ func revocations(ctx context.Context, args []string, getenv func(string) string,
 		return fmt.Errorf("revocations: %w", err)
 	}
 	defer pool.Close()
-	rs, err := auth.ListRevocations(ctx, pool)
+	rs, err := revocation.List(ctx, pool)
 	if err != nil {
 		return err
 	}

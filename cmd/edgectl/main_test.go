@@ -3,16 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 
 	"github.com/stompgate/stompgate/auth"
+	"github.com/stompgate/stompgate/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -91,31 +89,8 @@ func TestParseUntil(t *testing.T) {
 	}
 }
 
-// testDB creates a database on the local Postgres, dropped when t ends.
-func testDB(t *testing.T) string {
-	t.Helper()
-	b := make([]byte, 6)
-	rand.Read(b)
-	name := "sg_edgectl_" + hex.EncodeToString(b)
-	exec := func(sql string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
-		if err != nil {
-			t.Fatalf("Postgres (bash scripts/services.sh): %v", err)
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exec("CREATE DATABASE " + name)
-	t.Cleanup(func() { exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)") })
-	return "postgres://postgres@127.0.0.1:5432/" + name + "?sslmode=disable"
-}
-
 func TestRevokeCommands(t *testing.T) {
-	getenv := env(map[string]string{"EDGE_DATABASE_URL": testDB(t)})
+	getenv := env(map[string]string{"EDGE_DATABASE_URL": testenv.DB(t)})
 	steps := []struct {
 		args []string
 		want string // substring of the output; "ERR" = must fail

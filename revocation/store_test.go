@@ -1,4 +1,4 @@
-package auth
+package revocation
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/stompgate/stompgate/internal/testenv"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -16,7 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/stompgate/stompgate/persist"
+	"github.com/stompgate/stompgate/internal/testenv"
 )
 
 // The revocation tests run against the real local Postgres (127.0.0.1:5432,
@@ -53,7 +52,7 @@ func adminExec(t testing.TB, sql string) {
 
 func newRevEnv(t *testing.T) *revEnv {
 	t.Helper()
-	e := &revEnv{dbName: randomName("sg_auth_"), role: randomName("sg_auth_r_")}
+	e := &revEnv{dbName: randomName("sg_rev_"), role: randomName("sg_rev_r_")}
 	adminExec(t, "CREATE DATABASE "+e.dbName)
 	adminExec(t, "CREATE ROLE "+e.role+" LOGIN")
 	t.Cleanup(func() {
@@ -68,13 +67,13 @@ func newRevEnv(t *testing.T) *revEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.admin.Close)
-	if err := persist.Migrate(ctx, e.admin); err != nil {
+	if err := Migrate(ctx, e.admin); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.admin.Exec(ctx, "GRANT SELECT ON stompgate_revocations TO "+e.role); err != nil {
 		t.Fatal(err)
 	}
-	e.store, err = pgxpool.New(ctx, "postgres://"+e.role+"@"+pgAddr+"/"+e.dbName+"?sslmode=disable&application_name=stompgate-auth-test")
+	e.store, err = pgxpool.New(ctx, "postgres://"+e.role+"@"+pgAddr+"/"+e.dbName+"?sslmode=disable&application_name=stompgate-revocation-test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +82,7 @@ func newRevEnv(t *testing.T) *revEnv {
 }
 
 // run starts s and stops it when t ends, waiting for Run to return.
-func runStore(t *testing.T, s *RevocationStore) {
+func runStore(t *testing.T, s *Store) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -101,18 +100,35 @@ func runStore(t *testing.T, s *RevocationStore) {
 	}
 }
 
-// changes collects OnRevoke callbacks.
+// changes is a Revoker that records what it was told, as relay.Server
+// would be.
 type changes struct {
-	mu   sync.Mutex
-	subs []string
-	jtis []string
+	mu    sync.Mutex
+	subs  []string
+	jtis  []string
+	calls [][2][]string // every Revoke call: subjects, token ids
 }
 
-func (c *changes) record(ch RevocationChange) {
+func (c *changes) Revoke(subjects, tokenIDs []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.subs = append(c.subs, ch.Subjects...)
-	c.jtis = append(c.jtis, ch.TokenIDs...)
+	c.subs = append(c.subs, subjects...)
+	c.jtis = append(c.jtis, tokenIDs...)
+	c.calls = append(c.calls, [2][]string{slices.Clone(subjects), slices.Clone(tokenIDs)})
+}
+
+// reset forgets what was recorded.
+func (c *changes) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.subs, c.jtis, c.calls = nil, nil, nil
+}
+
+// called returns the recorded calls.
+func (c *changes) called() [][2][]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.calls)
 }
 
 func (c *changes) has(sub, jti string) bool {
@@ -121,7 +137,7 @@ func (c *changes) has(sub, jti string) bool {
 	return (sub == "" || slices.Contains(c.subs, sub)) && (jti == "" || slices.Contains(c.jtis, jti))
 }
 
-func revoked(s *RevocationStore, sub, jti string, want bool) func() error {
+func revoked(s *Store, sub, jti string, want bool) func() error {
 	return func() error {
 		if got, _ := s.IsRevoked(sub, jti); got != want {
 			return fmt.Errorf("IsRevoked(%q, %q) = %v", sub, jti, got)
@@ -130,11 +146,11 @@ func revoked(s *RevocationStore, sub, jti string, want bool) func() error {
 	}
 }
 
-func TestRevocationStore(t *testing.T) {
+func TestStore(t *testing.T) {
 	t.Parallel()
 	e := newRevEnv(t)
 	ctx := context.Background()
-	for _, r := range []Revocation{
+	for _, r := range []Row{
 		{Subject: "pre", Reason: "left the company"},
 		{TokenID: "pre-jti", Until: time.Now().Add(time.Hour), Reason: "leaked"},
 		{Subject: "twice", Until: time.Now().Add(time.Hour), Reason: "short"},
@@ -148,11 +164,11 @@ func TestRevocationStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	var clock atomic.Int64 // offset added to the real time
-	s := NewRevocationStore(e.store, RevocationConfig{
+	s := NewStore(e.store, Config{
 		Now: func() time.Time { return time.Now().Add(time.Duration(clock.Load())) },
 	})
 	var got changes
-	unregister := s.OnRevoke(got.record)
+	unregister := s.OnRevoke(&got)
 	defer unregister()
 	runStore(t, s)
 	// The first load reports everything in force (no session can be open
@@ -160,9 +176,7 @@ func TestRevocationStore(t *testing.T) {
 	if !got.has("pre", "pre-jti") || got.has("old", "") {
 		t.Fatal("first load did not report what was in force")
 	}
-	got.mu.Lock()
-	got.subs, got.jtis = nil, nil
-	got.mu.Unlock()
+	got.reset()
 
 	for _, c := range []struct {
 		sub, jti, reason string
@@ -187,7 +201,7 @@ func TestRevocationStore(t *testing.T) {
 
 	// A revocation reaches the store, and its callbacks, within 2 s.
 	start := time.Now()
-	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "alice", Reason: "test"}); err != nil {
+	if _, err := Revoke(ctx, e.admin, Row{Subject: "alice", Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 2*time.Second, func() error {
@@ -197,7 +211,7 @@ func TestRevocationStore(t *testing.T) {
 		return revoked(s, "alice", "", true)()
 	})
 	t.Logf("revocation applied after %s", time.Since(start))
-	if _, err := Revoke(ctx, e.admin, Revocation{TokenID: "jti-1"}); err != nil {
+	if _, err := Revoke(ctx, e.admin, Row{TokenID: "jti-1"}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 2*time.Second, func() error {
@@ -220,7 +234,7 @@ func TestRevocationStore(t *testing.T) {
 	}
 
 	// A revocation with an end stops counting at its end without a reload.
-	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "bob", Until: time.Now().Add(time.Hour)}); err != nil {
+	if _, err := Revoke(ctx, e.admin, Row{Subject: "bob", Until: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 2*time.Second, revoked(s, "bob", "", true))
@@ -235,13 +249,13 @@ func TestRevocationStore(t *testing.T) {
 
 	// A burst of changes is applied.
 	for i := range 50 {
-		if _, err := Revoke(ctx, e.admin, Revocation{Subject: fmt.Sprintf("burst-%d", i)}); err != nil {
+		if _, err := Revoke(ctx, e.admin, Row{Subject: fmt.Sprintf("burst-%d", i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	testenv.WaitFor(t, 2*time.Second, revoked(s, "burst-49", "", true))
 
-	rs, err := ListRevocations(ctx, e.admin)
+	rs, err := List(ctx, e.admin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,10 +263,10 @@ func TestRevocationStore(t *testing.T) {
 		t.Fatalf("list: %d rows, first %+v %+v", len(rs), rs[0], rs[1])
 	}
 
-	if _, err := Revoke(ctx, e.admin, Revocation{}); err == nil {
+	if _, err := Revoke(ctx, e.admin, Row{}); err == nil {
 		t.Fatal("revoke of nothing accepted")
 	}
-	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "a", TokenID: "b"}); err == nil {
+	if _, err := Revoke(ctx, e.admin, Row{Subject: "a", TokenID: "b"}); err == nil {
 		t.Fatal("revoke of both accepted")
 	}
 	if _, err := Unrevoke(ctx, e.admin, "", ""); err == nil {
@@ -263,15 +277,15 @@ func TestRevocationStore(t *testing.T) {
 // With the database unreachable the store keeps its last list, says so, and
 // catches up by itself once the database is back, including changes made
 // while it was away.
-func TestRevocationStoreDatabaseDown(t *testing.T) {
+func TestStoreDatabaseDown(t *testing.T) {
 	t.Parallel()
 	e := newRevEnv(t)
 	ctx := context.Background()
-	s := NewRevocationStore(e.store, RevocationConfig{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	s := NewStore(e.store, Config{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	var got changes
-	s.OnRevoke(got.record)
+	s.OnRevoke(&got)
 	runStore(t, s)
-	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "alice", Reason: "before"}); err != nil {
+	if _, err := Revoke(ctx, e.admin, Row{Subject: "alice", Reason: "before"}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 2*time.Second, revoked(s, "alice", "", true))
@@ -289,7 +303,7 @@ func TestRevocationStoreDatabaseDown(t *testing.T) {
 		t.Fatal("last known list lost while the database is down")
 	}
 	// Changes while the edge cannot hear them.
-	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "carol"}); err != nil {
+	if _, err := Revoke(ctx, e.admin, Row{Subject: "carol"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Unrevoke(ctx, e.admin, "alice", ""); err != nil {
@@ -311,7 +325,7 @@ func TestRevocationStoreDatabaseDown(t *testing.T) {
 		t.Fatal("no callback for carol after the reconnect")
 	}
 	// And it listens again.
-	if _, err := Revoke(ctx, e.admin, Revocation{Subject: "dave"}); err != nil {
+	if _, err := Revoke(ctx, e.admin, Row{Subject: "dave"}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 2*time.Second, revoked(s, "dave", "", true))
@@ -320,10 +334,10 @@ func TestRevocationStoreDatabaseDown(t *testing.T) {
 // Without a notification (the table's trigger switched off for the
 // statement, as a replica or a restore would) the periodic resync picks the
 // change up.
-func TestRevocationStoreResync(t *testing.T) {
+func TestStoreResync(t *testing.T) {
 	t.Parallel()
 	e := newRevEnv(t)
-	s := NewRevocationStore(e.store, RevocationConfig{Resync: 200 * time.Millisecond})
+	s := NewStore(e.store, Config{Resync: 200 * time.Millisecond})
 	runStore(t, s)
 	ctx := context.Background()
 	tx, err := e.admin.Begin(ctx)
@@ -347,19 +361,19 @@ func TestRevocationStoreResync(t *testing.T) {
 
 // A row written by hand (plain SQL, no pg_notify) takes effect at once:
 // the table's trigger notifies, no resync needed. The same for its removal.
-func TestRevocationStoreRowsByHand(t *testing.T) {
+func TestStoreRowsByHand(t *testing.T) {
 	t.Parallel()
 	e := newRevEnv(t)
-	s := NewRevocationStore(e.store, RevocationConfig{Resync: time.Hour})
+	s := NewStore(e.store, Config{Resync: time.Hour})
 	var seen changes
-	defer s.OnRevoke(seen.record)()
+	defer s.OnRevoke(&seen)()
 	runStore(t, s)
 	ctx := context.Background()
 	if _, err := e.admin.Exec(ctx, `INSERT INTO stompgate_revocations (subject, reason) VALUES ('by-hand', 'sql')`); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 3*time.Second, revoked(s, "by-hand", "", true))
-	testenv.WaitFor(t, 3*time.Second, func() error {
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "by-hand", "", true))
+	testenv.WaitFor(t, 2*time.Second, func() error {
 		if !seen.has("by-hand", "") {
 			return fmt.Errorf("no OnRevoke callback for by-hand")
 		}
@@ -368,12 +382,112 @@ func TestRevocationStoreRowsByHand(t *testing.T) {
 	if _, err := e.admin.Exec(ctx, `DELETE FROM stompgate_revocations WHERE subject = 'by-hand'`); err != nil {
 		t.Fatal(err)
 	}
-	testenv.WaitFor(t, 3*time.Second, revoked(s, "by-hand", "", false))
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "by-hand", "", false))
+}
+
+// The one path from a row to closed sessions, against the real Postgres: a
+// revocation, written with plain SQL or with Revoke, reaches the Revoker the
+// edge registers (its relay server) within SPEC §3's 2 seconds, naming
+// exactly that subject or jti. What ends (an until that passes, Unrevoke)
+// is never pushed, and what comes into force again is pushed again.
+func TestStoreOnRevoke(t *testing.T) {
+	t.Parallel()
+	e := newRevEnv(t)
+	ctx := context.Background()
+	s := NewStore(e.store, Config{Resync: time.Hour}) // notifications only
+	var sink changes
+	unregister := s.OnRevoke(&sink)
+	defer unregister()
+	runStore(t, s)
+	if c := sink.called(); len(c) != 0 {
+		t.Fatalf("the first load of an empty table pushed %q", c)
+	}
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := e.admin.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	revoke := func(r Row) {
+		t.Helper()
+		if _, err := Revoke(ctx, e.admin, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// pushed waits for the one Revoke call that names exactly sub or jti.
+	pushed := func(what, sub, jti string) {
+		t.Helper()
+		start := time.Now()
+		testenv.WaitFor(t, 2*time.Second, func() error {
+			if len(sink.called()) == 0 {
+				return fmt.Errorf("%s: nothing pushed", what)
+			}
+			return nil
+		})
+		var want [2][]string
+		if sub != "" {
+			want[0] = []string{sub}
+		}
+		if jti != "" {
+			want[1] = []string{jti}
+		}
+		if c := sink.called(); len(c) != 1 || !slices.Equal(c[0][0], want[0]) || !slices.Equal(c[0][1], want[1]) {
+			t.Fatalf("%s: pushed %q, want one call with %q", what, c, want)
+		}
+		if ok, _ := s.IsRevoked(sub, jti); !ok {
+			t.Fatalf("%s: pushed before IsRevoked knows it", what)
+		}
+		t.Logf("%s: pushed after %s", what, time.Since(start))
+		sink.reset()
+	}
+
+	exec(`INSERT INTO stompgate_revocations (subject, reason) VALUES ('sql-sub', 'by hand')`)
+	pushed("subject by SQL", "sql-sub", "")
+	exec(`INSERT INTO stompgate_revocations (jti) VALUES ('sql-jti')`)
+	pushed("jti by SQL", "", "sql-jti")
+	revoke(Row{Subject: "api-sub", Reason: "edgectl"})
+	pushed("subject by Revoke", "api-sub", "")
+	revoke(Row{TokenID: "api-jti"})
+	pushed("jti by Revoke", "", "api-jti")
+
+	// An until ends the revocation by itself, without a reload or a push;
+	// revoked again, the subject is pushed again.
+	revoke(Row{Subject: "brief", Until: time.Now().Add(500 * time.Millisecond)})
+	pushed("until in the future", "brief", "")
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "brief", "", false))
+	revoke(Row{Subject: "brief"})
+	pushed("revoked again after its until", "brief", "")
+
+	// Unrevoke pushes nothing, nor does a row whose until has passed; an
+	// UPDATE that brings that row back into force pushes it. Reloads run
+	// one after the other, so a push of the first two would come first.
+	if n, err := Unrevoke(ctx, e.admin, "brief", ""); err != nil || n != 2 {
+		t.Fatalf("unrevoke: %d, %v", n, err)
+	}
+	testenv.WaitFor(t, 2*time.Second, revoked(s, "brief", "", false))
+	exec(`INSERT INTO stompgate_revocations (subject, until) VALUES ('lapsed', now() - interval '1 minute')`)
+	exec(`UPDATE stompgate_revocations SET until = NULL WHERE subject = 'lapsed'`)
+	pushed("until lifted by UPDATE", "lapsed", "")
+
+	// Every registered Revoker is told; an unregistered one no more.
+	var second changes
+	defer s.OnRevoke(&second)()
+	unregister()
+	revoke(Row{Subject: "late"})
+	testenv.WaitFor(t, 2*time.Second, func() error {
+		if !second.has("late", "") {
+			return errors.New("second revoker not told")
+		}
+		return nil
+	})
+	if c := sink.called(); len(c) != 0 {
+		t.Fatalf("unregistered revoker told %q", c)
+	}
 }
 
 func BenchmarkIsRevoked(b *testing.B) {
-	s := NewRevocationStore(nil, RevocationConfig{})
-	snap := &revocationSnapshot{subjects: map[string]revEntry{}, tokens: map[string]revEntry{}}
+	s := NewStore(nil, Config{})
+	snap := &snapshot{subjects: map[string]revEntry{}, tokens: map[string]revEntry{}}
 	for i := range 10000 {
 		snap.subjects[fmt.Sprint("user-", i)] = revEntry{}
 	}
