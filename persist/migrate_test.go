@@ -9,6 +9,7 @@ import (
 
 	"github.com/stompgate/stompgate/internal/testenv"
 	"github.com/stompgate/stompgate/persist"
+	"github.com/stompgate/stompgate/revocation"
 )
 
 // Two processes starting at once both succeed and the schema is applied
@@ -42,16 +43,52 @@ func TestMigrateConcurrently(t *testing.T) {
 	if err != nil || n != len(files) {
 		t.Fatalf("applied migrations: %d, want %d (%v)", n, len(files), err)
 	}
+	for _, table := range []string{"stompgate_messages", "stompgate_streams"} {
+		if n, err := testenv.Count(ctx, pool, "SELECT count(*) FROM "+table); err != nil || n != 0 {
+			t.Fatalf("%s: %d, %v", table, n, err)
+		}
+	}
+	// stompgate_revocations belongs to the revocation package.
+	if n, err := testenv.Count(ctx, pool, `SELECT count(*) FROM pg_tables WHERE tablename = 'stompgate_revocations'`); err != nil || n != 0 {
+		t.Fatalf("persist created stompgate_revocations: %d, %v", n, err)
+	}
+}
+
+// The persister and the edge (or edgectl) migrate a fresh database at the
+// same moment, each its own tables with its own version table, one after
+// the other on the shared advisory lock.
+func TestMigrateBesideRevocation(t *testing.T) {
+	t.Parallel()
+	dbURL := testenv.DB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		pool := testenv.Pool(t, dbURL)
+		wg.Go(func() {
+			if i%2 == 0 {
+				errs[i] = persist.Migrate(ctx, pool)
+			} else {
+				errs[i] = revocation.Migrate(ctx, pool)
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := testenv.Pool(t, dbURL)
 	for _, table := range []string{"stompgate_messages", "stompgate_streams", "stompgate_revocations"} {
 		if n, err := testenv.Count(ctx, pool, "SELECT count(*) FROM "+table); err != nil || n != 0 {
 			t.Fatalf("%s: %d, %v", table, n, err)
 		}
 	}
-	// The revocation check: a subject or a jti.
-	if _, err := pool.Exec(ctx, `INSERT INTO stompgate_revocations (reason) VALUES ('neither')`); err == nil {
-		t.Fatal("revocation without subject or jti accepted")
-	}
-	if _, err := pool.Exec(ctx, `INSERT INTO stompgate_revocations (subject, reason) VALUES ('alice', 'test')`); err != nil {
-		t.Fatal(err)
+	for _, table := range []string{persist.MigrationTable, revocation.MigrationTable} {
+		if n, err := testenv.Count(ctx, pool, `SELECT count(*) FROM `+table+` WHERE version_id > 0`); err != nil || n == 0 {
+			t.Fatalf("%s: %d applied, %v", table, n, err)
+		}
 	}
 }

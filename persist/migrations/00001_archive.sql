@@ -28,20 +28,10 @@ CREATE TABLE stompgate_streams (
     last_seq bigint NOT NULL DEFAULT 0
 );
 
--- Revoked subjects and tokens, read by every edge (SPEC §3).
-CREATE TABLE stompgate_revocations (
-    id         bigserial   PRIMARY KEY,
-    subject    text,
-    jti        text,
-    until      timestamptz,
-    reason     text        NOT NULL DEFAULT '',
-    created_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT stompgate_revocations_subject_or_jti CHECK (subject IS NOT NULL OR jti IS NOT NULL)
-);
-CREATE INDEX stompgate_revocations_subject ON stompgate_revocations (subject) WHERE subject IS NOT NULL;
-CREATE INDEX stompgate_revocations_jti ON stompgate_revocations (jti) WHERE jti IS NOT NULL;
+-- stompgate_revocations, created here until the revocation package took it
+-- over, is created by revocation/migrations now (it keeps a table created
+-- here as it is).
 
 -- +goose Down
-DROP TABLE stompgate_revocations;
 DROP TABLE stompgate_streams;
 DROP TABLE stompgate_messages;

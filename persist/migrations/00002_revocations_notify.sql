@@ -1,21 +1,8 @@
 -- +goose Up
--- Every change to stompgate_revocations notifies the edges at once, also
--- when it is made by hand or by another tool than edgectl (which notifies
--- on its own as well; the edges coalesce a burst into one reload). One
--- notification per statement: a bulk insert wakes each edge once.
--- +goose StatementBegin
-CREATE FUNCTION stompgate_revocations_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('stompgate_revocations', 'changed:' || lower(TG_OP));
-    RETURN NULL;
-END
-$$;
--- +goose StatementEnd
-CREATE TRIGGER stompgate_revocations_notify
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON stompgate_revocations
-    FOR EACH STATEMENT EXECUTE FUNCTION stompgate_revocations_notify();
+-- Empty on purpose. Version 2 created the notify trigger of
+-- stompgate_revocations; the revocation package owns that table now and
+-- its migration (revocation/migrations/00001_revocations.sql) creates or
+-- replaces the trigger. The file stays so that version 2 means the same
+-- in every database: applied where it ran before, a no-op elsewhere.
 
 -- +goose Down
-DROP TRIGGER stompgate_revocations_notify ON stompgate_revocations;
-DROP FUNCTION stompgate_revocations_notify();
