@@ -139,4 +139,3 @@ func benchDiscard(b *testing.B) *Conn {
 	b.Cleanup(func() { c.Close() })
 	return c
 }
-
