@@ -36,6 +36,7 @@ func Random(n int) string {
 // Dial connects to vhost as guest and closes the connection when t ends.
 func Dial(t testing.TB, vhost string) *amqp.Connection {
 	t.Helper()
+	Integration(t)
 	conn, err := amqp.Dial(AMQPURL(vhost))
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +95,7 @@ func DB(t testing.TB) string {
 // ends) and returns its URL.
 func DBOn(t testing.TB, addr string) string {
 	t.Helper()
+	Integration(t)
 	name := "sg_test_" + Random(10)
 	admin := "postgres://postgres@" + addr + "/postgres?sslmode=disable"
 	exec := func(sql string) error {
@@ -170,6 +172,7 @@ type PrivatePostgres struct {
 // removes it when t ends. As root it runs the server as the postgres user.
 func StartPrivatePostgres(t testing.TB) *PrivatePostgres {
 	t.Helper()
+	Integration(t)
 	vers, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
 	if len(vers) == 0 {
 		t.Fatal("no /usr/lib/postgresql/*/bin/initdb; run bash scripts/services.sh")

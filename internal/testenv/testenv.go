@@ -72,10 +72,22 @@ func Mgmt(method, path string, body, out any) error {
 	return nil
 }
 
+// Integration marks t as an integration test: it needs the real local
+// RabbitMQ or Postgres, so it is skipped under -short (make test-unit,
+// which must pass with no network at all). Every helper here that reaches
+// a service calls it.
+func Integration(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test (needs RabbitMQ/Postgres): skipped with -short")
+	}
+}
+
 // Vhost creates a RabbitMQ vhost for this test only (guest has full
 // permissions on it) and deletes it when the test ends.
 func Vhost(t testing.TB) string {
 	t.Helper()
+	Integration(t)
 	name := "sgtest-" + strings.ToLower(ulid.Make().String())
 	p := "/api/vhosts/" + url.PathEscape(name)
 	if err := Mgmt("PUT", p, map[string]any{}, nil); err != nil {
