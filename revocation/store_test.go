@@ -52,6 +52,7 @@ func adminExec(t testing.TB, sql string) {
 
 func newRevEnv(t *testing.T) *revEnv {
 	t.Helper()
+	testenv.Integration(t)
 	e := &revEnv{dbName: randomName("sg_rev_"), role: randomName("sg_rev_r_")}
 	adminExec(t, "CREATE DATABASE "+e.dbName)
 	adminExec(t, "CREATE ROLE "+e.role+" LOGIN")

@@ -126,7 +126,14 @@ func TestRevokeCommands(t *testing.T) {
 	if strings.Contains(out, "alice") || !strings.Contains(out, "with space") {
 		t.Errorf("final list:\n%s", out)
 	}
-	if _, err := runCmd(t, env(nil), "revocations"); err == nil || !strings.Contains(err.Error(), "EDGE_DATABASE_URL") {
-		t.Errorf("no database: %v", err)
+}
+
+// Without a database URL the revocation commands say what to set, before
+// any connection attempt.
+func TestRevokeCommandsWithoutDatabase(t *testing.T) {
+	for _, cmd := range []string{"revoke --subject a", "unrevoke --subject a", "revocations"} {
+		if _, err := runCmd(t, env(nil), strings.Fields(cmd)...); err == nil || !strings.Contains(err.Error(), "EDGE_DATABASE_URL") {
+			t.Errorf("%s without a database: %v", cmd, err)
+		}
 	}
 }
