@@ -89,6 +89,34 @@ type Persister struct {
 	DBMaxConns int
 	// LogFormat is "text" or "json". LOG_FORMAT, default text.
 	LogFormat string
+
+	// Archive turns the archive consumer (Queue) on or off.
+	// PERSIST_ARCHIVE, bool, default true.
+	Archive bool
+	// Journal turns the journal (SPEC §6: /app/ traffic and
+	// stompgate_publish, persisted then broadcast) on or off.
+	// PERSIST_JOURNAL, bool, default true.
+	Journal bool
+	// JournalExchange is the topic exchange the edge publishes /app/<key>
+	// SENDs to (routing key <key>). PERSIST_JOURNAL_EXCHANGE, default
+	// stompgate.ingest.
+	JournalExchange string
+	// JournalQueue is the journal's quorum queue (single active consumer,
+	// dead letters to DLX), bound to JournalExchange with "#".
+	// PERSIST_JOURNAL_QUEUE, default stompgate.ingest.
+	JournalQueue string
+	// JournalBatchSize is the most journal messages written in one
+	// transaction; a batch is whatever has arrived while the previous one
+	// was written and broadcast (no waiting). PERSIST_JOURNAL_BATCH_SIZE,
+	// messages, default 500, 1 to 10000; the prefetch is twice this.
+	JournalBatchSize int
+	// JournalScanInterval is how often the journal leader scans every
+	// stream for committed rows not yet broadcast (a safety net beside
+	// NOTIFY). PERSIST_JOURNAL_SCAN_INTERVAL, duration, default 5s.
+	JournalScanInterval time.Duration
+	// JournalLockPoll is how often a standby persister tries to take over
+	// the journal lead. PERSIST_JOURNAL_LOCK_POLL, duration, default 250ms.
+	JournalLockPoll time.Duration
 }
 
 // MaxBatchSize is the largest PERSIST_BATCH_SIZE accepted.
@@ -118,6 +146,14 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 		MetricsListen:   e.String("PERSIST_METRICS_LISTEN", ":9091"),
 		DBMaxConns:      e.Int("PERSIST_DB_MAX_CONNS", 4, 1),
 		LogFormat:       strings.ToLower(e.String("LOG_FORMAT", "text")),
+
+		Archive:             e.Bool("PERSIST_ARCHIVE", true),
+		Journal:             e.Bool("PERSIST_JOURNAL", true),
+		JournalExchange:     e.String("PERSIST_JOURNAL_EXCHANGE", "stompgate.ingest"),
+		JournalQueue:        e.String("PERSIST_JOURNAL_QUEUE", "stompgate.ingest"),
+		JournalBatchSize:    e.Int("PERSIST_JOURNAL_BATCH_SIZE", 500, 1),
+		JournalScanInterval: e.Duration("PERSIST_JOURNAL_SCAN_INTERVAL", 5*time.Second, 10*time.Millisecond),
+		JournalLockPoll:     e.Duration("PERSIST_JOURNAL_LOCK_POLL", 250*time.Millisecond, time.Millisecond),
 	}
 	if u, err := url.Parse(c.AMQPURL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
 		e.fail("PERSIST_AMQP_URL", "%q is not an amqp:// or amqps:// URL", redactURL(c.AMQPURL))
@@ -152,6 +188,20 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 		if strings.HasPrefix(q.v, "amq.") {
 			e.fail(q.name, "%q uses the reserved amq. prefix", q.v)
 		}
+	}
+	if c.JournalBatchSize > MaxBatchSize {
+		e.fail("PERSIST_JOURNAL_BATCH_SIZE", "%d is above the maximum %d", c.JournalBatchSize, MaxBatchSize)
+	}
+	if !c.Archive && !c.Journal {
+		e.fail("PERSIST_JOURNAL", "and PERSIST_ARCHIVE are both false: nothing to do")
+	}
+	for _, q := range []struct{ name, v string }{{"PERSIST_JOURNAL_EXCHANGE", c.JournalExchange}, {"PERSIST_JOURNAL_QUEUE", c.JournalQueue}} {
+		if q.v == "" || strings.HasPrefix(q.v, "amq.") {
+			e.fail(q.name, "%q is empty or uses the reserved amq. prefix", q.v)
+		}
+	}
+	if c.Journal && (c.JournalQueue == c.Queue || c.JournalQueue == c.DLQ) {
+		e.fail("PERSIST_JOURNAL_QUEUE", "must differ from PERSIST_QUEUE and PERSIST_DLQ")
 	}
 	if c.Queue == c.DLQ {
 		e.fail("PERSIST_DLQ", "must differ from PERSIST_QUEUE")

@@ -403,6 +403,13 @@ func (a *Archiver) settle(ctx context.Context, b *batch) bool {
 // deadLetter publishes d to the DLX with the reason in HeaderReason and
 // waits for the broker's confirm.
 func (a *Archiver) deadLetter(ctx context.Context, s *session, d *amqp.Delivery, reason string) error {
+	return deadLetter(ctx, s.publish, a.cfg.DLX, a.cfg.Queue, d, reason)
+}
+
+// deadLetter publishes d, consumed from queue, to dlx on ch (in confirm
+// mode) with the reason in HeaderReason and waits for the broker's
+// confirm.
+func deadLetter(ctx context.Context, ch *amqp.Channel, dlx, queue string, d *amqp.Delivery, reason string) error {
 	h := amqp.Table{}
 	for k, v := range d.Headers {
 		h[k] = v
@@ -410,14 +417,14 @@ func (a *Archiver) deadLetter(ctx context.Context, s *session, d *amqp.Delivery,
 	h[HeaderReason] = reason
 	h["x-stompgate-original-exchange"] = d.Exchange
 	h["x-stompgate-original-routing-key"] = d.RoutingKey
-	h["x-stompgate-original-queue"] = a.cfg.Queue
+	h["x-stompgate-original-queue"] = queue
 	if d.UserId != "" {
 		// RabbitMQ refuses a user_id other than our own login.
 		h["x-stompgate-original-user-id"] = d.UserId
 	}
 	ctx, cancel := context.WithTimeout(ctx, confirmTimeout)
 	defer cancel()
-	dc, err := s.publish.PublishWithDeferredConfirmWithContext(ctx, a.cfg.DLX, d.RoutingKey, false, false, amqp.Publishing{
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, dlx, d.RoutingKey, false, false, amqp.Publishing{
 		Headers:         h,
 		ContentType:     d.ContentType,
 		ContentEncoding: d.ContentEncoding,
@@ -432,14 +439,14 @@ func (a *Archiver) deadLetter(ctx context.Context, s *session, d *amqp.Delivery,
 		Body:            d.Body,
 	})
 	if err != nil {
-		return fmt.Errorf("publish to %s: %w", a.cfg.DLX, err)
+		return fmt.Errorf("publish to %s: %w", dlx, err)
 	}
 	ok, err := dc.WaitContext(ctx)
 	if err != nil {
-		return fmt.Errorf("confirm from %s: %w", a.cfg.DLX, err)
+		return fmt.Errorf("confirm from %s: %w", dlx, err)
 	}
 	if !ok {
-		return fmt.Errorf("publish to %s: nacked by the broker", a.cfg.DLX)
+		return fmt.Errorf("publish to %s: nacked by the broker", dlx)
 	}
 	return nil
 }

@@ -2,12 +2,17 @@
 // consumes the quorum queue stompgate.archive (bound to amq.topic), writes
 // batches in one transaction each, acks only after COMMIT, skips duplicates
 // by (sender, message id) and dead-letters messages the database refuses.
+// It also runs the journal (docs/JOURNAL.md): /app/ traffic from the
+// stompgate.ingest queue and stompgate_publish rows get a gapless seq per
+// stream, are committed, then broadcast to amq.topic; of several
+// persisters one leads the journal and the others stand by.
 // Configuration is read from PERSIST_* environment variables (see
 // docs/PERSISTER.md); metrics are served on PERSIST_METRICS_LISTEN.
 package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -104,10 +110,34 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
 
-	a := persist.NewArchiver(cfg, persist.NewWriter(pool, cfg.WriteMode), metrics, log)
-	log.Info("persister starting", "queue", cfg.Queue, "batch_size", cfg.BatchSize,
-		"batch_wait", cfg.BatchWait, "write_mode", cfg.WriteMode)
-	if err := a.Run(ctx); err != nil {
+	// The archive and the journal run side by side; the first to fail for
+	// good stops the other.
+	rctx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	if cfg.Archive {
+		a := persist.NewArchiver(cfg, persist.NewWriter(pool, cfg.WriteMode), metrics, log)
+		log.Info("archive starting", "queue", cfg.Queue, "batch_size", cfg.BatchSize,
+			"batch_wait", cfg.BatchWait, "write_mode", cfg.WriteMode)
+		wg.Go(func() {
+			if errs[0] = a.Run(rctx); errs[0] != nil {
+				stopAll()
+			}
+		})
+	}
+	if cfg.Journal {
+		jn := persist.NewJournal(cfg, persist.NewJournalMetrics(reg), log)
+		log.Info("journal starting", "queue", cfg.JournalQueue, "exchange", cfg.JournalExchange,
+			"batch_size", cfg.JournalBatchSize)
+		wg.Go(func() {
+			if errs[1] = jn.Run(rctx); errs[1] != nil {
+				stopAll()
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	log.Info("persister stopped")

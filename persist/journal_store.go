@@ -1,0 +1,340 @@
+package persist
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// JournalChannel is the Postgres notification channel stompgate_publish
+// notifies (payload: the stream) when its transaction commits.
+const JournalChannel = "stompgate_journal"
+
+// Entry is one journaled message as stored: a row of stompgate_messages
+// with a stream and seq. It is what the journal broadcasts (see
+// Entry.Publishing) and what history and resume read back.
+type Entry struct {
+	Stream      string
+	Seq         int64
+	MessageID   string
+	Sender      string
+	ContentType string          // "" when NULL
+	Headers     json.RawMessage // {"properties": {...}, "headers": {...}}, see RowFromDelivery
+	Body        []byte
+	PublishedAt time.Time
+}
+
+// Journal header names on every broadcast (SPEC §6).
+const (
+	HeaderSeq       = "x-seq"        // AMQP long (int64)
+	HeaderMessageID = "x-message-id" // string
+)
+
+// maxKeyBytes caps sender and message_id of a journal row: together they
+// form a btree key, whose entries Postgres limits to about 2.7 KB.
+const maxKeyBytes = 1024
+
+// checkJournalRow refuses, before they reach the database, rows whose key
+// columns the database could not hold or index.
+func checkJournalRow(r *Row) error {
+	switch {
+	case r.RoutingKey == "":
+		return errors.New("journal message without a routing key (stream)")
+	case len(r.MessageID) > maxKeyBytes, len(r.Sender) > maxKeyBytes:
+		return fmt.Errorf("message id or sender longer than %d bytes", maxKeyBytes)
+	}
+	for _, s := range []string{r.RoutingKey, r.MessageID, r.Sender} {
+		if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
+			return errors.New("routing key, message id or sender is not valid UTF-8 text")
+		}
+	}
+	return nil
+}
+
+// streamState is a stream's counters as read under its row lock.
+type streamState struct {
+	last      int64 // last_seq before this batch
+	broadcast int64 // broadcast_seq
+	next      int64 // last seq handed out so far in this batch
+}
+
+// journalResult is the outcome of one committed journal batch.
+type journalResult struct {
+	seqs     []int64 // per row: its new seq; 0 for a duplicate or rejected row
+	rejected []Rejection
+	streams  map[string]*streamState // every stream of the batch
+	dups     int
+}
+
+// writeJournal commits rows (RoutingKey is the stream) in one transaction
+// on conn: each new row gets the next seq of its stream, in batch order;
+// rows whose (sender, message_id) is already stored are duplicates and get
+// none; rows the database refuses for their content are listed in
+// rejected and get none either (seqs stay gapless). Rows refused by
+// checkJournalRow must not be passed. Any other error means nothing was
+// committed.
+func writeJournal(ctx context.Context, conn *pgx.Conn, rows []Row) (journalResult, error) {
+	if len(rows) == 0 {
+		return journalResult{streams: map[string]*streamState{}}, nil
+	}
+	res, err := writeJournalOnce(ctx, conn, rows, false)
+	if err != nil && IsContentError(err) {
+		res, err = writeJournalOnce(ctx, conn, rows, true)
+	}
+	return res, err
+}
+
+func writeJournalOnce(ctx context.Context, conn *pgx.Conn, rows []Row, isolate bool) (journalResult, error) {
+	res := journalResult{seqs: make([]int64, len(rows)), streams: map[string]*streamState{}}
+	var streams, senders, ids []string
+	for i := range rows {
+		r := &rows[i]
+		if _, ok := res.streams[r.RoutingKey]; !ok {
+			res.streams[r.RoutingKey] = &streamState{}
+			streams = append(streams, r.RoutingKey)
+		}
+		senders, ids = append(senders, r.Sender), append(ids, r.MessageID)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return res, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+
+	// One round trip: make sure every stream has a row, lock them in
+	// stream order (stompgate_publish takes the same locks), and find the
+	// rows already stored.
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO stompgate_streams (stream) SELECT s FROM unnest($1::text[]) AS s ORDER BY s ON CONFLICT DO NOTHING`, streams)
+	b.Queue(`SELECT stream, last_seq, broadcast_seq FROM stompgate_streams WHERE stream = ANY($1) ORDER BY stream FOR UPDATE`, streams)
+	b.Queue(`SELECT m.sender, m.message_id FROM stompgate_messages m
+		JOIN unnest($1::text[], $2::text[]) AS k(sender, message_id) ON m.sender = k.sender AND m.message_id = k.message_id`, senders, ids)
+	br := tx.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return res, fmt.Errorf("create streams: %w", err)
+	}
+	srows, err := br.Query()
+	if err == nil {
+		for srows.Next() {
+			var s string
+			var st streamState
+			if err := srows.Scan(&s, &st.last, &st.broadcast); err != nil {
+				break
+			}
+			st.next = st.last
+			*res.streams[s] = st
+		}
+		srows.Close()
+		err = srows.Err()
+	}
+	if err != nil {
+		br.Close()
+		return res, fmt.Errorf("lock streams: %w", err)
+	}
+	type key struct{ sender, id string }
+	seen := map[key]bool{}
+	drows, err := br.Query()
+	if err == nil {
+		for drows.Next() {
+			var k key
+			if err := drows.Scan(&k.sender, &k.id); err != nil {
+				break
+			}
+			seen[k] = true
+		}
+		drows.Close()
+		err = drows.Err()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return res, fmt.Errorf("find duplicates: %w", err)
+	}
+
+	var fresh []int // indexes of the rows to insert
+	for i := range rows {
+		k := key{rows[i].Sender, rows[i].MessageID}
+		if seen[k] {
+			res.dups++
+			continue
+		}
+		seen[k] = true // a second copy within the batch is a duplicate too
+		fresh = append(fresh, i)
+	}
+	if !isolate {
+		for _, i := range fresh {
+			st := res.streams[rows[i].RoutingKey]
+			st.next++
+			res.seqs[i] = st.next
+		}
+		_, err = tx.CopyFrom(ctx, pgx.Identifier{"stompgate_messages"}, journalColumns,
+			pgx.CopyFromSlice(len(fresh), func(n int) ([]any, error) {
+				i := fresh[n]
+				return journalValues(&rows[i], res.seqs[i]), nil
+			}))
+		if err != nil {
+			return res, fmt.Errorf("copy: %w", err)
+		}
+	} else {
+		// One savepoint per row: a refused row takes no seq.
+		for _, i := range fresh {
+			st := res.streams[rows[i].RoutingKey]
+			sp, err := tx.Begin(ctx)
+			if err != nil {
+				return res, fmt.Errorf("savepoint: %w", err)
+			}
+			_, err = sp.Exec(ctx, `INSERT INTO stompgate_messages (`+strings.Join(journalColumns, ", ")+`)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, journalValues(&rows[i], st.next+1)...)
+			if err != nil {
+				if rerr := sp.Rollback(ctx); rerr != nil {
+					return res, fmt.Errorf("rollback to savepoint: %w", rerr)
+				}
+				if !IsContentError(err) {
+					return res, err
+				}
+				res.rejected = append(res.rejected, Rejection{Index: i, Reason: err.Error()})
+				continue
+			}
+			if err := sp.Commit(ctx); err != nil {
+				return res, fmt.Errorf("release savepoint: %w", err)
+			}
+			st.next++
+			res.seqs[i] = st.next
+		}
+	}
+	var ss []string
+	var lasts []int64
+	for s, st := range res.streams {
+		if st.next != st.last {
+			ss, lasts = append(ss, s), append(lasts, st.next)
+		}
+	}
+	if len(ss) > 0 {
+		if _, err := tx.Exec(ctx, `UPDATE stompgate_streams s SET last_seq = v.last
+			FROM unnest($1::text[], $2::bigint[]) AS v(stream, last) WHERE s.stream = v.stream`, ss, lasts); err != nil {
+			return res, fmt.Errorf("advance streams: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return res, fmt.Errorf("commit: %w", err)
+	}
+	return res, nil
+}
+
+var journalColumns = []string{"message_id", "sender", "exchange", "routing_key", "stream", "seq",
+	"content_type", "headers", "body", "published_at"}
+
+// journalValues are the column values of a journal row: it is stored
+// under the exchange it is broadcast to, so history by destination
+// (/topic/<stream>) finds archived and journaled messages alike.
+func journalValues(r *Row, seq int64) []any {
+	var ct any
+	if r.ContentType != "" {
+		ct = r.ContentType
+	}
+	return []any{r.MessageID, r.Sender, BroadcastExchange, r.RoutingKey, r.RoutingKey, seq, ct, r.Headers, r.Body, r.PublishedAt}
+}
+
+// pendingRange is a run of a stream's seqs to broadcast: after < seq <= upto.
+type pendingRange struct {
+	stream      string
+	after, upto int64
+}
+
+// pendingStreams lists the streams (all when streams is nil) with rows
+// committed but not yet broadcast.
+func pendingStreams(ctx context.Context, conn *pgx.Conn, streams []string) ([]pendingRange, error) {
+	q := `SELECT stream, broadcast_seq, last_seq FROM stompgate_streams WHERE broadcast_seq < last_seq`
+	args := []any{}
+	if streams != nil {
+		q += ` AND stream = ANY($1)`
+		args = append(args, streams)
+	}
+	rows, err := conn.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pending streams: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (pendingRange, error) {
+		var p pendingRange
+		err := r.Scan(&p.stream, &p.after, &p.upto)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pending streams: %w", err)
+	}
+	return out, nil
+}
+
+// entryColumns are the columns ReadEntries and fetchRanges scan, in order.
+const entryColumns = `m.stream, m.seq, m.message_id, m.sender, coalesce(m.content_type, ''), m.headers, m.body, m.published_at`
+
+// ScanEntry scans entryColumns.
+func scanEntry(r pgx.CollectableRow) (Entry, error) {
+	var e Entry
+	err := r.Scan(&e.Stream, &e.Seq, &e.MessageID, &e.Sender, &e.ContentType, &e.Headers, &e.Body, &e.PublishedAt)
+	return e, err
+}
+
+// fetchRanges reads the rows of ranges, at most limit per range, ordered
+// by stream and seq.
+func fetchRanges(ctx context.Context, conn *pgx.Conn, ranges []pendingRange, limit int) ([]Entry, error) {
+	if len(ranges) == 0 {
+		return nil, nil
+	}
+	ss, afters, uptos := make([]string, len(ranges)), make([]int64, len(ranges)), make([]int64, len(ranges))
+	for i, r := range ranges {
+		ss[i], afters[i], uptos[i] = r.stream, r.after, r.upto
+	}
+	rows, err := conn.Query(ctx, `SELECT `+entryColumns+`
+		FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(stream, after, upto)
+		CROSS JOIN LATERAL (SELECT * FROM stompgate_messages m
+			WHERE m.stream = r.stream AND m.seq > r.after AND m.seq <= r.upto
+			ORDER BY m.seq LIMIT $4) m
+		ORDER BY m.stream, m.seq`, ss, afters, uptos, limit)
+	if err != nil {
+		return nil, fmt.Errorf("read journal: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, scanEntry)
+	if err != nil {
+		return nil, fmt.Errorf("read journal: %w", err)
+	}
+	return out, nil
+}
+
+// markBroadcast records that every seq up to marks[stream] was broadcast
+// and deletes from marks the streams it recorded. Streams whose row an
+// application transaction holds locked (an open stompgate_publish) are
+// skipped, not waited for, and stay in marks for the next call.
+func markBroadcast(ctx context.Context, conn *pgx.Conn, marks map[string]int64) error {
+	if len(marks) == 0 {
+		return nil
+	}
+	ss, seqs := make([]string, 0, len(marks)), make([]int64, 0, len(marks))
+	for s, q := range marks {
+		ss, seqs = append(ss, s), append(seqs, q)
+	}
+	rows, err := conn.Query(ctx, `WITH v AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS v(stream, seq)),
+		l AS (SELECT s.stream FROM stompgate_streams s JOIN v ON s.stream = v.stream
+			ORDER BY s.stream FOR UPDATE OF s SKIP LOCKED)
+		UPDATE stompgate_streams s SET broadcast_seq = greatest(s.broadcast_seq, v.seq)
+		FROM v JOIN l ON l.stream = v.stream WHERE s.stream = v.stream RETURNING s.stream`, ss, seqs)
+	if err != nil {
+		return fmt.Errorf("mark broadcast: %w", err)
+	}
+	done, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("mark broadcast: %w", err)
+	}
+	for _, s := range done {
+		delete(marks, s)
+	}
+	return nil
+}
