@@ -3,8 +3,6 @@ package persist
 import (
 	"context"
 	"embed"
-	"fmt"
-	"io/fs"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -24,9 +22,5 @@ const MigrationTable = "stompgate_schema_version"
 // internal/migrate, shared with revocation.Migrate. Migrate uses the pool
 // and leaves it open.
 func Migrate(ctx context.Context, db *pgxpool.Pool) error {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	return migrate.Up(ctx, db, sub, MigrationTable)
+	return migrate.Up(ctx, db, migrationFiles, "migrations", MigrationTable)
 }

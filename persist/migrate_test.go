@@ -7,23 +7,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/stompgate/stompgate/internal/testenv"
 	"github.com/stompgate/stompgate/persist"
 	"github.com/stompgate/stompgate/revocation"
 )
 
-// Two processes starting at once both succeed and the schema is applied
-// once; applying again is a no-op.
-func TestMigrateConcurrently(t *testing.T) {
-	t.Parallel()
-	dbURL := testenv.DB(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+// migrateAtOnce runs each migrate func on a pool of its own, all at once,
+// as processes starting together would, and fails t if any fails.
+func migrateAtOnce(t *testing.T, ctx context.Context, dbURL string, migrate ...func(context.Context, *pgxpool.Pool) error) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make([]error, 3)
-	for i := range errs {
+	errs := make([]error, len(migrate))
+	for i, m := range migrate {
 		pool := testenv.Pool(t, dbURL)
-		wg.Go(func() { errs[i] = persist.Migrate(ctx, pool) })
+		wg.Go(func() { errs[i] = m(ctx, pool) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -31,6 +30,16 @@ func TestMigrateConcurrently(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// Several processes starting at once both succeed and the schema is applied
+// once; applying again is a no-op.
+func TestMigrateConcurrently(t *testing.T) {
+	t.Parallel()
+	dbURL := testenv.DB(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	migrateAtOnce(t, ctx, dbURL, persist.Migrate, persist.Migrate, persist.Migrate)
 	pool := testenv.Pool(t, dbURL)
 	if err := persist.Migrate(ctx, pool); err != nil {
 		t.Fatal(err)
@@ -62,24 +71,7 @@ func TestMigrateBesideRevocation(t *testing.T) {
 	dbURL := testenv.DB(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	errs := make([]error, 4)
-	for i := range errs {
-		pool := testenv.Pool(t, dbURL)
-		wg.Go(func() {
-			if i%2 == 0 {
-				errs[i] = persist.Migrate(ctx, pool)
-			} else {
-				errs[i] = revocation.Migrate(ctx, pool)
-			}
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	migrateAtOnce(t, ctx, dbURL, persist.Migrate, revocation.Migrate, persist.Migrate, revocation.Migrate)
 	pool := testenv.Pool(t, dbURL)
 	for _, table := range []string{"stompgate_messages", "stompgate_streams", "stompgate_revocations"} {
 		if n, err := testenv.Count(ctx, pool, "SELECT count(*) FROM "+table); err != nil || n != 0 {

@@ -3,8 +3,6 @@ package revocation
 import (
 	"context"
 	"embed"
-	"fmt"
-	"io/fs"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -26,9 +24,5 @@ const MigrationTable = "stompgate_revocation_schema_version"
 // open. The edge and edgectl call it before anything else touches the
 // table.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	return migrate.Up(ctx, pool, sub, MigrationTable)
+	return migrate.Up(ctx, pool, migrationFiles, "migrations", MigrationTable)
 }

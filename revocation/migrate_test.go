@@ -75,7 +75,7 @@ func TestMigrateOverPersistSchema(t *testing.T) {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
-	if err := migrate.Up(ctx, e.admin, os.DirFS("testdata/persist_v2"), "stompgate_schema_version"); err != nil {
+	if err := migrate.Up(ctx, e.admin, os.DirFS("testdata"), "persist_v2", "stompgate_schema_version"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.admin.Exec(ctx, `INSERT INTO stompgate_revocations (subject, reason) VALUES ('before', 'old schema')`); err != nil {

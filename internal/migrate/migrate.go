@@ -20,11 +20,15 @@ import (
 // its files: one migration runs at a time per database.
 const LockID int64 = 0x73746f6d70676174
 
-// Up applies the migrations in files (goose SQL files at its root, e.g.
-// 00001_x.sql) that table does not record as applied yet, holding LockID
-// on one connection of pool for the whole run. It uses the pool (pgx
-// stdlib adapter) and leaves it open.
-func Up(ctx context.Context, pool *pgxpool.Pool, files fs.FS, table string) error {
+// Up applies the migrations in directory dir of fsys (goose SQL files,
+// e.g. migrations/00001_x.sql in a package's embed.FS) that table does not
+// record as applied yet, holding LockID on one connection of pool for the
+// whole run. It uses the pool (pgx stdlib adapter) and leaves it open.
+func Up(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS, dir, table string) error {
+	files, err := fs.Sub(fsys, dir)
+	if err != nil {
+		return fmt.Errorf("migrate %s: %w", table, err)
+	}
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("migrate %s: acquire connection: %w", table, err)

@@ -12,10 +12,11 @@ import (
 	"github.com/stompgate/stompgate/internal/testenv"
 )
 
+// files are two migrations, in directory m, of one table.
 func files(table string) fstest.MapFS {
 	return fstest.MapFS{
-		"00001_create.sql": {Data: []byte("-- +goose Up\nCREATE TABLE " + table + " (id int);\n-- +goose Down\nDROP TABLE " + table + ";\n")},
-		"00002_insert.sql": {Data: []byte("-- +goose Up\nINSERT INTO " + table + " VALUES (1);\n-- +goose Down\nDELETE FROM " + table + ";\n")},
+		"m/00001_create.sql": {Data: []byte("-- +goose Up\nCREATE TABLE " + table + " (id int);\n-- +goose Down\nDROP TABLE " + table + ";\n")},
+		"m/00002_insert.sql": {Data: []byte("-- +goose Up\nINSERT INTO " + table + " VALUES (1);\n-- +goose Down\nDELETE FROM " + table + ";\n")},
 	}
 }
 
@@ -32,7 +33,7 @@ func TestUpConcurrently(t *testing.T) {
 	for i := range errs {
 		pool := testenv.Pool(t, dbURL)
 		owner := []string{"a", "b"}[i%2]
-		wg.Go(func() { errs[i] = migrate.Up(ctx, pool, files("t_"+owner), "v_"+owner) })
+		wg.Go(func() { errs[i] = migrate.Up(ctx, pool, files("t_"+owner), "m", "v_"+owner) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -42,7 +43,7 @@ func TestUpConcurrently(t *testing.T) {
 	}
 	pool := testenv.Pool(t, dbURL)
 	for _, owner := range []string{"a", "b"} {
-		if err := migrate.Up(ctx, pool, files("t_"+owner), "v_"+owner); err != nil {
+		if err := migrate.Up(ctx, pool, files("t_"+owner), "m", "v_"+owner); err != nil {
 			t.Fatal(err)
 		}
 		if n, err := testenv.Count(ctx, pool, "SELECT count(*) FROM t_"+owner); err != nil || n != 1 {
@@ -70,7 +71,7 @@ func TestUpWaitsForTheLock(t *testing.T) {
 	}
 	pool := testenv.Pool(t, dbURL)
 	wctx, wcancel := context.WithTimeout(ctx, 300*time.Millisecond)
-	err = migrate.Up(wctx, pool, files("t"), "v")
+	err = migrate.Up(wctx, pool, files("t"), "m", "v")
 	wcancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Up while the lock is held: %v, want a deadline", err)
@@ -81,7 +82,7 @@ func TestUpWaitsForTheLock(t *testing.T) {
 	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock($1)", migrate.LockID); err != nil {
 		t.Fatal(err)
 	}
-	if err := migrate.Up(ctx, pool, files("t"), "v"); err != nil {
+	if err := migrate.Up(ctx, pool, files("t"), "m", "v"); err != nil {
 		t.Fatal(err)
 	}
 }
