@@ -80,17 +80,26 @@ func vhostOf(cfg config.Persister) string {
 	return ""
 }
 
+// queueHasConsumer asks the broker directly (a passive declare; the
+// management API lags by seconds).
 func queueHasConsumer(vhost, queue string) error {
-	qs, err := testenv.Queues(vhost)
+	conn, err := amqp.Dial(testenv.AMQPURL(vhost))
 	if err != nil {
 		return err
 	}
-	for _, q := range qs {
-		if q.Name == queue && q.Consumers > 0 {
-			return nil
-		}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("no consumer on %s yet", queue)
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		return err
+	}
+	if q.Consumers == 0 {
+		return fmt.Errorf("no consumer on %s yet", queue)
+	}
+	return nil
 }
 
 // received is a broadcast as a subscriber of amq.topic sees it.
