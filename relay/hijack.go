@@ -21,5 +21,3 @@ func (h hijackWrapper) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	return h.wrap(c), rw, nil
 }
-
-func newBufWriter(c net.Conn) *bufio.Writer { return bufio.NewWriterSize(c, 64<<10) }

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bufio"
 	"errors"
 	"net"
 	"sync"
@@ -123,8 +122,19 @@ func (o *Outbox) Flush() {
 	o.writing = true
 	batch, queued := o.take()
 	o.mu.Unlock()
-	o.release(o.writeBatch(batch, queued, nil, time.Now()))
+	batch, err := o.writeBatch(batch, queued, nil, time.Now().Add(inPlaceBudget))
+	if isTimeout(err) {
+		// The socket is full: what is left stays in bufConn and the
+		// outbox's goroutine goes on with the full time limit.
+		err = nil
+	}
+	o.release(batch, err)
 }
+
+// inPlaceBudget is how long a producer flushing in place may wait for the
+// socket before it leaves the rest to the outbox's goroutine: the broker
+// reader never waits on one browser for longer.
+const inPlaceBudget = time.Millisecond
 
 // Pong queues the answer to a client ping (gorilla's reader calls the
 // ping handler).
@@ -194,7 +204,7 @@ func (o *Outbox) release(batch []outFrame, err error) {
 	if err != nil && o.writeErr == nil {
 		o.writeErr = err
 	}
-	more := len(o.queue) > 0 || o.closing || len(o.pongs) > 0 || o.writeErr != nil
+	more := len(o.queue) > 0 || o.closing || len(o.pongs) > 0 || o.writeErr != nil || o.bc.pending()
 	o.mu.Unlock()
 	if more {
 		o.signal()
@@ -247,7 +257,7 @@ func (o *Outbox) Run() {
 		if heartbeat && len(batch) == 0 {
 			batch = append(batch, outFrame{data: []byte{'\n'}})
 		}
-		batch, err := o.writeBatch(batch, queued, pongs, time.Now())
+		batch, err := o.writeBatch(batch, queued, pongs, time.Now().Add(o.timeLimit))
 		if err == nil && closing {
 			o.finish(final, code)
 			return
@@ -260,9 +270,9 @@ func (o *Outbox) Run() {
 	}
 }
 
-// writeBatch writes pongs and batch and flushes, under one write deadline.
-func (o *Outbox) writeBatch(batch []outFrame, queued int, pongs [][]byte, now time.Time) ([]outFrame, error) {
-	deadline := now.Add(o.timeLimit)
+// writeBatch writes pongs and batch into bufConn and flushes it (with what
+// an earlier flush left) by deadline.
+func (o *Outbox) writeBatch(batch []outFrame, queued int, pongs [][]byte, deadline time.Time) ([]outFrame, error) {
 	_ = o.ws.SetWriteDeadline(deadline)
 	err := o.write(batch, pongs, deadline)
 	o.metrics.OutboundBytes.Sub(float64(queued))
@@ -290,7 +300,7 @@ func (o *Outbox) write(batch []outFrame, pongs [][]byte, deadline time.Time) err
 			o.metrics.frameOut(batch[i].command)
 		}
 	}
-	if err := o.bc.w.Flush(); err != nil {
+	if err := o.bc.flush(deadline); err != nil {
 		return err
 	}
 	now := time.Now()
@@ -318,7 +328,7 @@ func (o *Outbox) finish(final []byte, code int) {
 		}
 	}
 	_ = o.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), deadline)
-	_ = o.bc.w.Flush()
+	_ = o.bc.flush(deadline)
 	select {
 	case <-o.readerDone:
 	case <-time.After(2 * time.Second):
@@ -332,8 +342,8 @@ func (o *Outbox) abort(err error) {
 	if isTimeout(err) {
 		reason = ReasonSendTimeout
 	}
+	o.aborted(reason) // marks the session closing before its reader sees the socket go
 	o.bc.Close()
-	o.aborted(reason)
 }
 
 func isTimeout(err error) bool {
@@ -343,8 +353,13 @@ func isTimeout(err error) bool {
 
 // bufConn puts a buffer between gorilla/websocket and the socket, so the
 // writer role holder writes a whole batch and makes one syscall. Only the
-// holder writes: gorilla's own control replies are disabled by the
-// session's ping and close handlers.
+// holder writes (gorilla's own control replies are disabled by the
+// session's ping and close handlers), so buf needs no lock.
+//
+// Unlike a bufio.Writer, a flush that times out keeps what it could not
+// write, and the next flush goes on from there: a producer flushing in
+// place gives up after inPlaceBudget and leaves the rest to the outbox's
+// goroutine, without breaking gorilla's framing.
 //
 // Reads go through too: beforeRead runs in the reading goroutine whenever
 // gorilla's read buffer is empty and it is about to read the socket (and
@@ -352,11 +367,41 @@ func isTimeout(err error) bool {
 // frames that arrived together leave in one write.
 type bufConn struct {
 	net.Conn
-	w          *bufio.Writer
+	buf        []byte
 	beforeRead func()
 }
 
-func (c *bufConn) Write(p []byte) (int, error) { return c.w.Write(p) }
+func (c *bufConn) Write(p []byte) (int, error) {
+	c.buf = append(c.buf, p...)
+	return len(p), nil
+}
+
+// pending reports whether bytes wait for a flush.
+func (c *bufConn) pending() bool { return len(c.buf) > 0 }
+
+// flush writes the buffer to the socket by deadline. On error the unwritten
+// rest stays buffered.
+func (c *bufConn) flush(deadline time.Time) error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_ = c.Conn.SetWriteDeadline(deadline)
+	n, err := c.Conn.Write(c.buf)
+	if err != nil {
+		c.buf = c.buf[:copy(c.buf, c.buf[n:])]
+		return err
+	}
+	if cap(c.buf) > maxIdleWriteBuffer {
+		c.buf = nil // a burst grew it: give the memory back
+	} else {
+		c.buf = c.buf[:0]
+	}
+	return nil
+}
+
+// maxIdleWriteBuffer is the most write buffer a session keeps between
+// batches.
+const maxIdleWriteBuffer = 64 << 10
 
 func (c *bufConn) Read(p []byte) (int, error) {
 	if c.beforeRead != nil {

@@ -46,7 +46,7 @@ type Deps struct {
 	Revocations Revocations
 }
 
-// Revocations is the part of auth.RevocationStore the relay uses.
+// Revocations is the part of revocation.Store the relay uses.
 type Revocations interface {
 	IsRevoked(sub, jti string) (bool, string)
 	Healthy() bool
@@ -247,7 +247,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	var bc *bufConn
 	ws, err := s.upgrader.Upgrade(hijackWrapper{ResponseWriter: w, wrap: func(c net.Conn) net.Conn {
-		bc = &bufConn{Conn: c, w: newBufWriter(c)}
+		bc = &bufConn{Conn: c}
 		return bc
 	}}, r, nil)
 	if err != nil {
@@ -255,7 +255,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.metrics.HTTPRefused.WithLabelValues("handshake").Inc()
 		return // Upgrade has replied with an HTTP error
 	}
-	if err := bc.w.Flush(); err != nil {
+	if err := bc.flush(time.Now().Add(s.cfg.SendTimeLimit)); err != nil {
 		s.active.Add(-1)
 		bc.Close()
 		return
@@ -268,7 +268,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.mu.Unlock()
 		s.active.Add(-1)
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "shutting down"), time.Now().Add(time.Second))
-		_ = bc.w.Flush()
+		_ = bc.flush(time.Now().Add(time.Second))
 		bc.Close()
 		return
 	}
