@@ -166,6 +166,10 @@ type segment struct {
 type pattern struct {
 	kind     Kind
 	exchange string // KindExchange: literal exchange name
+	// anyExchange: KindExchange over every exchange name ("/exchange/#",
+	// "/exchange/*"). /exchange/amq.topic/<key> is authorised as
+	// /topic/<key> (KindTopic) and never falls under it.
+	anyExchange bool
 	user     string // KindUser: literal subject
 	anyUser  bool   // KindUser: "*" in the subject position of the rule
 	segs     []segment
@@ -191,9 +195,16 @@ func compilePattern(tmpl, sub string) (pattern, error) {
 	p := pattern{kind: d.Kind, src: tmpl}
 	switch d.Kind {
 	case KindExchange:
-		if strings.Contains(d.Exchange, SubjectPlaceholder) {
+		switch {
+		case d.Exchange == "#":
+			p.anyExchange = true
+			p.segs = []segment{{wild: '#'}}
+			return p, nil
+		case d.Exchange == "*":
+			p.anyExchange = true
+		case strings.Contains(d.Exchange, SubjectPlaceholder):
 			p.exchange = expand(d.Exchange)
-		} else {
+		default:
 			p.exchange = d.Exchange
 		}
 	case KindUser:
@@ -225,7 +236,7 @@ func (p *pattern) covers(d *Destination, req []string) bool {
 	}
 	switch p.kind {
 	case KindExchange:
-		if p.exchange != d.Exchange {
+		if !p.anyExchange && p.exchange != d.Exchange {
 			return false
 		}
 	case KindUser:

@@ -107,6 +107,26 @@ func TestPermissionsSubsetRule(t *testing.T) {
 			{Send, "/exchange/other/eu.new", false},
 			{Send, "/topic/eu.new", false},
 		}},
+		{"subscribe:/exchange/#", []canCase{ // every exchange, any key or none
+			{Subscribe, "/exchange/orders", true},
+			{Subscribe, "/exchange/orders/eu.new", true},
+			{Subscribe, "/exchange/amq.direct/x", true},
+			{Subscribe, "/exchange/orders/#", true},
+			{Subscribe, "/exchange/amq.topic/x", false}, // that is /topic/x: its own grant
+			{Subscribe, "/topic/x", false},
+			{Send, "/exchange/orders/x", false},
+		}},
+		{"send:/exchange/*/eu.*", []canCase{ // any exchange, keys eu.<one>
+			{Send, "/exchange/orders/eu.new", true},
+			{Send, "/exchange/billing/eu.paid", true},
+			{Send, "/exchange/orders/us.new", false},
+			{Send, "/exchange/orders/eu.new.x", false},
+			{Send, "/exchange/orders", false},
+		}},
+		{"send:/exchange/*", []canCase{ // any bare exchange
+			{Send, "/exchange/orders", true},
+			{Send, "/exchange/orders/x", false},
+		}},
 		{"send:/exchange/orders", []canCase{
 			{Send, "/exchange/orders", true},
 			{Send, "/exchange/orders/x", false},
@@ -309,12 +329,12 @@ func TestParseRules(t *testing.T) {
 	if err != nil || r.Len() != 8 {
 		t.Fatalf("%v, %d rules", err, r.Len())
 	}
-	bad := "subscribe:/topic/ok\nread:/topic/x\nsend:/topic/a..b\nsubscribe:/topic/room*\nsend:/temp-queue/x\nsend:/edge/refresh\nsend:topic/x\n#nospace\n"
+	bad := "subscribe:/topic/ok\nread:/topic/x\nsend:/topic/a..b\nsubscribe:/topic/room*\nsend:/temp-queue/x\nsend:/edge/refresh\nsend:topic/x\n#nospace\nsubscribe:/exchange/#/x\nsubscribe:/exchange/ord*rs/x\n"
 	_, err = ParseRules(strings.NewReader(bad))
 	if err == nil {
 		t.Fatal("bad rules accepted")
 	}
-	for _, line := range []string{"line 2:", "line 3:", "line 4:", "line 5:", "line 6:", "line 7:", "line 8:"} {
+	for _, line := range []string{"line 2:", "line 3:", "line 4:", "line 5:", "line 6:", "line 7:", "line 8:", "line 9:", "line 10:"} {
 		if !strings.Contains(err.Error(), line) {
 			t.Errorf("error does not name %s\n%v", line, err)
 		}

@@ -158,6 +158,21 @@ func parseDest(s string, pattern bool) (Destination, error) {
 	case strings.HasPrefix(s, "/exchange/"):
 		rest := s[len("/exchange/"):]
 		name, key, hasKey := strings.Cut(rest, "/")
+		if pattern && (name == "#" || name == "*") {
+			// Grants over exchange names: /exchange/# is every exchange
+			// with any key or none; /exchange/*/<key> any one exchange
+			// with keys matching <key>, /exchange/* any bare exchange.
+			if name == "#" && hasKey {
+				return d, badDest("/exchange/# already covers every exchange and key; it takes no routing key")
+			}
+			if hasKey {
+				if err := checkName(key, pattern); err != nil {
+					return d, err
+				}
+			}
+			d.Kind, d.Exchange, d.Name = KindExchange, name, key
+			return d, nil
+		}
 		if err := checkExchangeName(name); err != nil {
 			return d, err
 		}
