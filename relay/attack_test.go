@@ -109,12 +109,13 @@ func TestAttackHS256WithRSAPublicKey(t *testing.T) {
 
 func TestAttackExpiredTokenMidSession(t *testing.T) {
 	t.Parallel()
-	e := startEdge(t, map[string]string{"EDGE_JWT_LEEWAY": "0s", "EDGE_TOKEN_EXPIRY_GRACE": "1m"})
+	clock := newFakeClock()
+	e := startEdgeWith(t, testenv.Vhost(t), map[string]string{"EDGE_JWT_LEEWAY": "0s", "EDGE_TOKEN_EXPIRY_GRACE": "1m"}, func(d *Deps) { d.Clock = clock })
 	ch := amqpChannel(t, e.vhost)
 	deliveries := tap(t, ch)
 	c := e.mustDial(nil)
-	c.connect(roomToken(t, "a", jwt.MapClaims{"exp": time.Now().Add(1100 * time.Millisecond).Unix()}))
-	time.Sleep(2 * time.Second) // the token's exp must really pass
+	c.connect(roomToken(t, "a", jwt.MapClaims{"exp": clock.Now().Add(time.Minute).Unix()}))
+	clock.Advance(time.Minute + time.Second) // past exp, within the grace
 	c.raw("SEND\ndestination:/topic/room.1\n\nafter-exp\x00")
 	c.expectError(CodeTokenExpired)
 	quiet(t, ch, deliveries)
@@ -122,17 +123,18 @@ func TestAttackExpiredTokenMidSession(t *testing.T) {
 
 func TestAttackRefreshForAnotherSubject(t *testing.T) {
 	t.Parallel()
-	e := startEdge(t, map[string]string{"EDGE_JWT_LEEWAY": "0s", "EDGE_TOKEN_EXPIRY_GRACE": "1m"})
+	clock := newFakeClock()
+	e := startEdgeWith(t, testenv.Vhost(t), map[string]string{"EDGE_JWT_LEEWAY": "0s", "EDGE_TOKEN_EXPIRY_GRACE": "1m"}, func(d *Deps) { d.Clock = clock })
 	ch := amqpChannel(t, e.vhost)
 	deliveries := tap(t, ch)
 	c := e.mustDial(nil)
-	c.connect(roomToken(t, "alice", jwt.MapClaims{"exp": time.Now().Add(1100 * time.Millisecond).Unix()}))
+	c.connect(roomToken(t, "alice", jwt.MapClaims{"exp": clock.Now().Add(time.Minute).Unix()}))
 	// A legitimate refresh for the same subject extends the session…
 	c.raw("SEND\ndestination:/edge/refresh\nreceipt:r1\n\n" + roomToken(t, "alice", nil) + "\x00")
 	if r := c.expect(frame.RECEIPT); r.Header.Get("receipt-id") != "r1" {
 		t.Fatalf("refresh receipt %v", r.Header)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	clock.Advance(time.Minute + time.Second) // past the first token's exp
 	c.raw("SEND\ndestination:/topic/room.1\nreceipt:r2\n\nstill-here\x00")
 	c.expect(frame.RECEIPT)
 	if d := <-deliveries; string(d.Body) != "still-here" {
