@@ -19,36 +19,36 @@
 //
 // # Goroutines of one session
 //
-//	browser ──ws──▶ reader (HTTP handler goroutine) ──typed ops──▶ broker.Session ──▶ RabbitMQ
-//	                 │ owns: parser, credentials, subscriptions,       │
-//	                 │ limiter, broker.Session; runs Guard             │ stompconn reader
-//	                 │ (edge frames: CONNECTED, RECEIPT)               │ goroutine
-//	                 ▼                                                 ▼
-//	browser ◀──ws── Outbox ◀──────── Enqueue + Flush ◀──── sessionSink.Deliver/Receipt/Idle
-//	                 ▲ Run goroutine: pongs, heart-beats,       ▲
-//	                 │ close, what in-place flushes left        └── Server: Drain, Revoke (close)
-//	                 └── expiry timer (Clock): close
+//		browser ──ws──▶ reader (HTTP handler goroutine) ──typed ops──▶ broker.Session ──▶ RabbitMQ
+//		                 │ owns: parser, credentials, subscriptions,       │
+//		                 │ limiter, broker.Session; runs Guard             │ stompconn reader
+//		                 │ (edge frames: CONNECTED, RECEIPT)               │ goroutine
+//		                 ▼                                                 ▼
+//		browser ◀──ws── Outbox ◀──────── Enqueue + Flush ◀──── sessionSink.Deliver/Receipt/Idle
+//		                 ▲ Run goroutine: pongs, heart-beats,       ▲
+//		                 │ close, what in-place flushes left        └── Server: Drain, Revoke (close)
+//		                 └── expiry timer (Clock): close
 //
-//   - The reader is the only goroutine that reads the WebSocket and the
-//     only one that changes session state or calls broker.Session
-//     operations. It stops reading while the rate limiter makes it wait
-//     (backpressure), and flushes the broker side before it may block on
-//     the socket (bufConn.beforeRead).
-//   - The Outbox alone writes the socket. One goroutine at a time holds its
-//     writer role (a flag under Outbox.mu) and writes outside the lock:
-//     either the Outbox's own Run goroutine or, in place, a producer that
-//     calls Flush while nobody writes (the broker reader at Sink.Idle, the
-//     session reader after an edge frame). Everything queued is written as
-//     one batch into bufConn and leaves in one syscall.
-//   - Flush points: Sink.Idle (the broker side read everything it had),
-//     Session.send (an edge-made frame), and Run when woken. An in-place
-//     flush waits at most 1ms for a full socket and leaves the rest to Run,
-//     which waits up to EDGE_SEND_TIME_LIMIT; past that the socket is closed
-//     (slow_consumer).
-//   - The queue is bounded by EDGE_SEND_BUFFER_BYTES: a producer that would
-//     overflow it ends the session with slow_consumer instead of waiting, so
-//     neither the broker reader nor any other session ever blocks on one
-//     browser.
+//	  - The reader is the only goroutine that reads the WebSocket and the
+//	    only one that changes session state or calls broker.Session
+//	    operations. It stops reading while the rate limiter makes it wait
+//	    (backpressure), and flushes the broker side before it may block on
+//	    the socket (bufConn.beforeRead).
+//	  - The Outbox alone writes the socket. One goroutine at a time holds its
+//	    writer role (a flag under Outbox.mu) and writes outside the lock:
+//	    either the Outbox's own Run goroutine or, in place, a producer that
+//	    calls Flush while nobody writes (the broker reader at Sink.Idle, the
+//	    session reader after an edge frame). Everything queued is written as
+//	    one batch into bufConn and leaves in one syscall.
+//	  - Flush points: Sink.Idle (the broker side read everything it had),
+//	    Session.send (an edge-made frame), and Run when woken. An in-place
+//	    flush waits at most 1ms for a full socket and leaves the rest to Run,
+//	    which waits up to EDGE_SEND_TIME_LIMIT; past that the socket is closed
+//	    (slow_consumer).
+//	  - The queue is bounded by EDGE_SEND_BUFFER_BYTES: a producer that would
+//	    overflow it ends the session with slow_consumer instead of waiting, so
+//	    neither the broker reader nor any other session ever blocks on one
+//	    browser.
 //
 // # Who closes what
 //
