@@ -12,6 +12,8 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/go-stomp/stomp/v3/frame"
+
+	"github.com/stompgate/stompgate/stomp/stompws"
 )
 
 // minBody is the smallest body: the send timestamp and the pair's sequence
@@ -72,13 +74,26 @@ func (l *load) countErr(err error) {
 type pair struct {
 	i    int
 	dest string
-	pub  *stompConn
-	sub  *stompConn
-	// credits holds one token per message in flight (closed mode); the
-	// publisher puts one in before each send, the subscriber takes one out
-	// per message. Capacity Inflight: a full channel is the in-flight limit,
-	// and the publisher waits on it.
-	credits chan struct{}
+	pub  *stompws.Conn
+	sub  *stompws.Conn
+
+	// Closed mode: outstanding counts messages sent and not yet received.
+	// The publisher tops it up to Inflight in one flush; the subscriber
+	// counts it down and signals wake once per batch of messages that
+	// arrived together, not once per message. Capacity 1: a pending wake-up
+	// already says "look again", a second would say nothing more, so a full
+	// channel drops it.
+	outstanding atomic.Int64
+	wake        chan struct{}
+	released    bool // the subscriber counted outstanding down since its last wake; subscriber only
+
+	// Publisher only (the pair's goroutine in closed mode, the pacer in
+	// rate mode): the SEND, encoded once, its body, which is stamped in
+	// place, and what is queued on pub and not yet flushed.
+	msg, body []byte
+	seq       uint64
+	queued    int64
+	dead      bool // a write failed: nothing more is sent on this pair
 }
 
 // run connects every pair, publishes for warmup+duration, waits up to
@@ -89,14 +104,14 @@ func (l *load) run(ctx context.Context) (*result, error) {
 	defer func() {
 		for _, p := range pairs {
 			if p.sub != nil {
-				p.sub.ws.Close()
+				p.sub.Close()
 			}
 		}
 	}()
 	if err != nil {
 		for _, p := range pairs {
 			if p.pub != nil {
-				p.pub.close()
+				_ = p.pub.Disconnect(time.Second)
 			}
 		}
 		return nil, err
@@ -112,18 +127,24 @@ func (l *load) run(ctx context.Context) (*result, error) {
 	for _, p := range pairs {
 		subs.Add(1)
 		go func() { defer subs.Done(); l.subscribe(p) }()
+		if c.Mode == ModeClosed {
+			pubs.Add(1)
+			go func() { defer pubs.Done(); l.publishClosed(runCtx, p) }()
+		}
+	}
+	if c.Mode == ModeRate {
 		pubs.Add(1)
-		go func() { defer pubs.Done(); l.publish(runCtx, p) }()
+		go func() { defer pubs.Done(); l.pace(runCtx, pairs) }()
 	}
 	l.progress(runCtx)
 	pubs.Wait()
 	l.stopping.Store(true)
 	for _, p := range pairs {
-		p.pub.close()
+		_ = p.pub.Disconnect(time.Second)
 	}
 	l.drain(ctx)
 	for _, p := range pairs {
-		p.sub.close()
+		_ = p.sub.Disconnect(time.Second)
 	}
 	subs.Wait()
 	return l.result(), nil
@@ -137,9 +158,13 @@ func (l *load) connect(ctx context.Context) ([]*pair, error) {
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
 	for i := range pairs {
-		p := &pair{i: i, dest: c.dest(i)}
-		if c.Mode == ModeClosed {
-			p.credits = make(chan struct{}, c.Inflight)
+		p := &pair{i: i, dest: c.dest(i), wake: make(chan struct{}, 1)}
+		prefix := fmt.Appendf(nil, "SEND\ndestination:%s\ncontent-type:text/plain\ncontent-length:%d\n\n", p.dest, c.Size)
+		p.msg = make([]byte, len(prefix)+c.Size+1)
+		copy(p.msg, prefix)
+		p.body = p.msg[len(prefix) : len(prefix)+c.Size]
+		for i := range p.body {
+			p.body[i] = 'x'
 		}
 		pairs[i] = p
 		wg.Add(1)
@@ -154,7 +179,7 @@ func (l *load) connect(ctx context.Context) ([]*pair, error) {
 				return
 			}
 			p.sub = sub
-			if err := sub.subscribe(p.dest, c.Timeout); err != nil {
+			if err := subscribe(ctx, sub, p.dest, c.Timeout); err != nil {
 				errs[i] = fmt.Errorf("pair %d: %w", i, err)
 				return
 			}
@@ -170,108 +195,159 @@ func (l *load) connect(ctx context.Context) ([]*pair, error) {
 	return pairs, errors.Join(errs...)
 }
 
-// publish sends until ctx ends, paced by the mode.
-func (l *load) publish(ctx context.Context, p *pair) {
-	c := l.cfg
-	prefix := fmt.Appendf(nil, "SEND\ndestination:%s\ncontent-type:text/plain\ncontent-length:%d\n\n", p.dest, c.Size)
-	msg := make([]byte, len(prefix)+c.Size+1)
-	copy(msg, prefix)
-	body := msg[len(prefix) : len(prefix)+c.Size]
-	for i := range body {
-		body[i] = 'x'
+// queue stamps p's SEND with stamp and the next sequence number and queues
+// it on p's publisher connection.
+func (l *load) queue(p *pair, stamp time.Duration) {
+	if p.dead {
+		return
 	}
-	var seq uint64
-	send := func(stamp time.Duration) bool {
-		seq++
-		stampBody(body, stamp, seq)
-		if err := p.pub.write(msg, time.Now().Add(writeTimeout)); err != nil {
-			if ctx.Err() == nil {
-				l.countErr(fmt.Errorf("pair %d publish: %w", p.i, err))
-			}
-			return false
-		}
-		l.sent.Add(1)
-		return true
+	p.seq++
+	stampBody(p.body, stamp, p.seq)
+	if err := p.pub.WriteFrame(p.msg); err != nil {
+		l.pubFailed(p, err)
+		return
 	}
+	p.queued++
+}
 
-	if c.Mode == ModeClosed {
-		for {
+// flush writes out what is queued on p's publisher connection, in one write.
+func (l *load) flush(p *pair) {
+	if p.dead || p.queued == 0 {
+		return
+	}
+	_ = p.pub.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if err := p.pub.Flush(); err != nil {
+		l.pubFailed(p, err)
+		return
+	}
+	l.sent.Add(p.queued)
+	p.queued = 0
+}
+
+func (l *load) pubFailed(p *pair, err error) {
+	p.dead = true
+	if !l.stopping.Load() {
+		l.countErr(fmt.Errorf("pair %d publish: %w", p.i, err))
+	}
+}
+
+// publishClosed keeps up to Inflight of p's messages in flight until ctx
+// ends. It tops the window up in batches: once at least refill(Inflight)
+// messages have been received it sends that many at once, in one write.
+// Refilling on every received message would make every message cost each
+// process on the loop a wake-up and a system call of its own, and the
+// load generator, not the server, would set the pace.
+func (l *load) publishClosed(ctx context.Context, p *pair) {
+	batch := refill(l.cfg.Inflight)
+	for ctx.Err() == nil && !p.dead {
+		n := int64(l.cfg.Inflight) - p.outstanding.Load()
+		if n < batch {
 			select {
 			case <-ctx.Done():
 				return
-			case p.credits <- struct{}{}:
+			case <-p.wake:
 			}
-			if !send(time.Since(l.start)) {
-				return
-			}
+			continue
 		}
+		p.outstanding.Add(n)
+		for range n {
+			l.queue(p, time.Since(l.start))
+		}
+		l.flush(p)
 	}
+}
 
-	// Rate mode: message k of this pair is due at offset + k*interval; each
-	// is stamped with when it was due, so falling behind counts as latency.
-	interval := time.Duration(float64(time.Second) * float64(c.Pairs) / c.Rate)
-	next := interval * time.Duration(p.i) / time.Duration(c.Pairs)
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
+// refill is the least number of free places in a closed-loop window of
+// inflight messages worth a write: a quarter of it.
+func refill(inflight int) int64 { return max(int64(inflight)/4, 1) }
+
+// pace is rate mode: one goroutine sends every pair's messages, message k
+// (of all pairs, round robin) due at k/Rate seconds and stamped with when
+// it was due, so falling behind counts as latency (no coordinated
+// omission). It sleeps precisely (see sleepUntil) and flushes each
+// connection it wrote to once per wake-up.
+func (l *load) pace(ctx context.Context, pairs []*pair) {
+	lockPacer()
+	perMsg := float64(time.Second) / l.cfg.Rate
+	due := func(k int64) time.Duration { return time.Duration(float64(k) * perMsg) }
+	touched := make([]*pair, 0, len(pairs))
+	inTouched := make([]bool, len(pairs))
+	var k int64
+	for ctx.Err() == nil {
 		now := time.Since(l.start)
-		for next <= now {
-			if !send(next) {
-				return
+		for d := due(k); d <= now && d < l.measureEnd; d = due(k) {
+			p := pairs[k%int64(len(pairs))]
+			l.queue(p, d)
+			if !inTouched[p.i] {
+				inTouched[p.i] = true
+				touched = append(touched, p)
 			}
-			next += interval
+			k++
 		}
-		timer.Reset(next - now)
-		select {
-		case <-ctx.Done():
+		for _, p := range touched {
+			l.flush(p)
+			inTouched[p.i] = false
+		}
+		touched = touched[:0]
+		if due(k) >= l.measureEnd {
 			return
-		case <-timer.C:
 		}
+		sleepUntil(ctx, l.start.Add(due(k)))
 	}
 }
 
 // subscribe reads p's subscriber connection until it is closed.
 func (l *load) subscribe(p *pair) {
-	for {
-		f, err := p.sub.readFrame(time.Time{})
-		if err != nil {
-			if !l.stopping.Load() {
-				l.countErr(fmt.Errorf("pair %d subscriber: %w", p.i, err))
-			}
-			return
-		}
-		now := time.Since(l.start)
-		switch f.Command {
-		case frame.MESSAGE:
-		case frame.ERROR:
-			l.countErr(fmt.Errorf("pair %d subscriber: %w: %s", p.i, ErrServerError, f.Header.Get(frame.Message)))
-			return
-		default:
-			continue
-		}
-		stamp, ok := parseStamp(f.Body)
-		if !ok {
-			l.countErr(fmt.Errorf("pair %d: a message without a stompload timestamp", p.i))
-			continue
-		}
-		l.received.Add(1)
-		if p.credits != nil {
+	wakeAt := int64(l.cfg.Inflight) - refill(l.cfg.Inflight)
+	err := p.sub.ReadLoop(func(f *frame.Frame, _ bool) error {
+		return l.received1(p, f)
+	}, func() {
+		if p.released && p.outstanding.Load() <= wakeAt {
+			p.released = false
 			select {
-			case <-p.credits:
-			default:
+			case p.wake <- struct{}{}:
+			default: // a wake-up is already pending
 			}
 		}
-		if now >= l.warmupEnd && now < l.measureEnd {
-			l.measured.Add(1)
-		}
-		if stamp >= l.warmupEnd && stamp < l.measureEnd {
-			us := max((now - stamp).Microseconds(), histMin)
-			l.mu.Lock()
-			_ = l.total.RecordValue(us)
-			_ = l.interval.RecordValue(us)
-			l.mu.Unlock()
-		}
+	})
+	if errors.Is(err, stompws.ErrServerError) {
+		l.countErr(fmt.Errorf("pair %d subscriber: %w", p.i, err))
+		return
 	}
+	if !l.stopping.Load() {
+		l.countErr(fmt.Errorf("pair %d subscriber: %w", p.i, err))
+	}
+}
+
+// received1 accounts for one frame read by p's subscriber.
+func (l *load) received1(p *pair, f *frame.Frame) error {
+	now := time.Since(l.start)
+	switch f.Command {
+	case frame.MESSAGE:
+	case frame.ERROR:
+		return fmt.Errorf("%w: %s", stompws.ErrServerError, f.Header.Get(frame.Message))
+	default:
+		return nil
+	}
+	stamp, ok := parseStamp(f.Body)
+	if !ok {
+		l.countErr(fmt.Errorf("pair %d: a message without a stompload timestamp", p.i))
+		return nil
+	}
+	l.received.Add(1)
+	p.outstanding.Add(-1)
+	p.released = true
+	if now >= l.warmupEnd && now < l.measureEnd {
+		l.measured.Add(1)
+	}
+	if stamp >= l.warmupEnd && stamp < l.measureEnd {
+		us := max((now - stamp).Microseconds(), histMin)
+		l.mu.Lock()
+		_ = l.total.RecordValue(us)
+		_ = l.interval.RecordValue(us)
+		l.mu.Unlock()
+	}
+	return nil
 }
 
 // stampBody writes the send time (ns since start) and seq as hex into the

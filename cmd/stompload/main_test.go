@@ -21,6 +21,7 @@ import (
 	"github.com/stompgate/stompgate/config"
 	"github.com/stompgate/stompgate/internal/testenv"
 	"github.com/stompgate/stompgate/relay"
+	"github.com/stompgate/stompgate/relay/broker/stompconn"
 )
 
 func TestMain(m *testing.M) {
@@ -66,13 +67,12 @@ func startEdge(t *testing.T) string {
 		Config:   cfg,
 		Verifier: verifier,
 		Origins:  origins,
-		Dialer: relay.NewBrokerDialer(relay.BrokerConfig{
+		Broker: stompconn.New(stompconn.Config{
 			Addrs: cfg.BrokerAddrs, Login: cfg.BrokerLogin, Passcode: cfg.BrokerPasscode, Vhost: cfg.BrokerVhost,
-			Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout, MaxFrameBytes: 16 << 20,
+			Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout, MaxFrameBytes: cfg.BrokerMaxFrameBytes,
 		}),
 		Metrics: relay.NewMetrics(prometheus.NewRegistry()),
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Now:     time.Now,
 		Version: "test",
 	})
 	mux := http.NewServeMux()
