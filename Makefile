@@ -4,7 +4,7 @@ GO ?= go
 export EDGE_JWT_HS256_SECRET ?= dev-only-secret-change-me-0123456789abcdef
 BIN := bin
 
-.PHONY: run test services build go-test fuzz e2e bench soak lint clean
+.PHONY: run test test-unit services build go-test fuzz e2e bench soak lint clean
 
 ## run: prepare RabbitMQ + PostgreSQL, build, start the persister and the edge on :8080
 run: services build
@@ -12,6 +12,12 @@ run: services build
 
 ## test: every test against the real local RabbitMQ and PostgreSQL (< 10 min on 2 cores)
 test: services go-test fuzz e2e
+
+## test-unit: every test that needs no service (no RabbitMQ, no Postgres, no network:
+## passes inside `unshare -n`); integration tests skip themselves under -short
+test-unit:
+	$(GO) vet ./...
+	GOPROXY=off GOFLAGS=-mod=readonly $(GO) test -short -race -count=1 -timeout 5m ./...
 
 services:
 	@bash scripts/services.sh
