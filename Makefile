@@ -35,6 +35,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParser$$' -fuzztime 15s ./stomp
 
 e2e: build
+	@bash scripts/browser.sh
 	cd e2e && npm ci --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1
 
 ## bench: long benchmarks, not part of CI (see docs/BENCHMARKS.md)
