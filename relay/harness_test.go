@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -24,6 +25,7 @@ import (
 	"github.com/stompgate/stompgate/internal/testenv"
 	"github.com/stompgate/stompgate/relay/broker/stompconn"
 	"github.com/stompgate/stompgate/stomp"
+	"github.com/stompgate/stompgate/stomp/stompws"
 )
 
 func TestMain(m *testing.M) {
@@ -114,12 +116,12 @@ func startEdgeWith(t *testing.T, vhost string, env map[string]string, deps func(
 	return e
 }
 
-// client is a raw STOMP-over-WebSocket test client.
+// client is a raw STOMP-over-WebSocket test client: a thin wrapper over
+// stompws.Conn that flushes every write and hands frames over on a channel.
 type client struct {
 	t      *testing.T
-	ws     *websocket.Conn
+	ws     *stompws.Conn
 	resp   *http.Response
-	parser *stomp.Parser
 	frames chan recvFrame // filled by a reader goroutine; capacity large enough for test bursts
 	closed chan struct{}
 }
@@ -139,16 +141,20 @@ func (e *edge) dial(hdr http.Header, protocols ...string) (*client, error) {
 	if protocols == nil {
 		protocols = []string{"v12.stomp", "v11.stomp", "v10.stomp"}
 	}
-	d := websocket.Dialer{Subprotocols: protocols, HandshakeTimeout: 5 * time.Second}
-	ws, resp, err := d.Dial(e.url, hdr)
+	// Frames are parsed as STOMP 1.2 unless only 1.0 was offered; send
+	// encodes for 1.2 whatever was negotiated.
+	version := stomp.V12
+	if len(protocols) == 1 && protocols[0] == "v10.stomp" {
+		version = stomp.V10
+	}
+	ws, resp, err := stompws.Dial(context.Background(), e.url, stompws.Options{
+		Subprotocols: protocols, Header: hdr, Version: version, HandshakeTimeout: 5 * time.Second, AutoFlush: true,
+		Limits: stomp.Limits{MaxFrameBytes: 16 << 20, MaxHeaders: 1000, MaxHeaderBytes: 1 << 20},
+	})
 	if err != nil {
 		return &client{resp: resp}, err
 	}
-	c := &client{t: e.t, ws: ws, resp: resp, parser: stomp.NewParser(stomp.Limits{MaxFrameBytes: 16 << 20, MaxHeaders: 1000, MaxHeaderBytes: 1 << 20}, stomp.ServerCommands),
-		frames: make(chan recvFrame, 100000), closed: make(chan struct{})}
-	if len(protocols) == 1 && protocols[0] == "v10.stomp" {
-		c.parser.Version = stomp.V10
-	}
+	c := &client{t: e.t, ws: ws, resp: resp, frames: make(chan recvFrame, 100000), closed: make(chan struct{})}
 	go c.readLoop()
 	e.t.Cleanup(func() { ws.Close(); <-c.closed })
 	return c, nil
@@ -166,25 +172,14 @@ func (e *edge) mustDial(hdr http.Header, protocols ...string) *client {
 func (c *client) readLoop() {
 	defer close(c.closed)
 	defer close(c.frames)
-	for {
-		mt, data, err := c.ws.ReadMessage()
-		if err != nil {
-			return
-		}
-		c.parser.Feed(data)
-		for {
-			f, err := c.parser.Next()
-			if err != nil {
-				c.t.Errorf("client parse: %v", err)
-				return
-			}
-			if f == nil {
-				break
-			}
-			f.Body = append([]byte(nil), f.Body...)
-			c.frames <- recvFrame{f: f, binary: mt == websocket.BinaryMessage}
-		}
-		c.parser.Compact()
+	err := c.ws.ReadLoop(func(f *frame.Frame, binary bool) error {
+		f.Body = append([]byte(nil), f.Body...)
+		c.frames <- recvFrame{f: f, binary: binary}
+		return nil
+	}, nil)
+	var fe *stomp.FrameError
+	if errors.As(err, &fe) {
+		c.t.Errorf("client parse: %v", err)
 	}
 }
 
