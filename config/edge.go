@@ -59,6 +59,9 @@ type Edge struct {
 	DrainPeriod time.Duration // EDGE_DRAIN_PERIOD, default 30s
 
 	DatabaseURL string // EDGE_DATABASE_URL, optional
+	// ResumeMax is EDGE_RESUME_MAX, default 1000: the most journal messages
+	// an x-resume-after SUBSCRIBE replays; beyond, x-resume:gap.
+	ResumeMax int
 
 	// SchedPolicy is EDGE_SCHED_POLICY: "batch" (default, SCHED_BATCH: a
 	// woken edge thread does not preempt a running task, so frames relay in
@@ -111,6 +114,7 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 		DrainDelay:          e.Duration("EDGE_DRAIN_DELAY", 5*time.Second, 0),
 		DrainPeriod:         e.Duration("EDGE_DRAIN_PERIOD", 30*time.Second, 0),
 		DatabaseURL:         e.String("EDGE_DATABASE_URL", ""),
+		ResumeMax:           e.Int("EDGE_RESUME_MAX", 1000, 1),
 		SchedPolicy:         e.SchedPolicy("EDGE_SCHED_POLICY"),
 		LogFrames:           e.Bool("EDGE_LOG_FRAMES", false),
 		LogFormat:           e.String("LOG_FORMAT", "text"),

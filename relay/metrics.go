@@ -19,6 +19,8 @@ type Metrics struct {
 	BrokerUp          prometheus.Gauge
 	HTTPRefused       *prometheus.CounterVec // upgrades refused before the WebSocket, by reason
 	RelayLatency      prometheus.Histogram   // broker frame read → written to the client socket
+	ResumeReplayed    prometheus.Counter     // journal messages replayed for x-resume-after
+	ResumeGaps        prometheus.Counter     // resumes answered with x-resume:gap
 
 	framesIn  map[string]prometheus.Counter
 	framesOut map[string]prometheus.Counter
@@ -50,11 +52,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		RelayLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "stompgate_relay_latency_seconds", Help: "Time from reading a broker frame to writing it to the client socket.",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
+		ResumeReplayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stompgate_resume_replayed_total", Help: "Journal messages replayed from Postgres for x-resume-after."}),
+		ResumeGaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stompgate_resume_gaps_total", Help: "Resumes answered with x-resume:gap (over EDGE_RESUME_MAX or history gone)."}),
 		framesIn:  map[string]prometheus.Counter{},
 		framesOut: map[string]prometheus.Counter{},
 	}
 	reg.MustRegister(m.SessionsActive, m.SessionsTotal, m.SessionsClosed, m.FramesIn, m.FramesOut, m.Rejections,
-		m.OutboundBytes, m.BrokerConnections, m.BrokerUp, m.HTTPRefused, m.RelayLatency)
+		m.OutboundBytes, m.BrokerConnections, m.BrokerUp, m.HTTPRefused, m.RelayLatency, m.ResumeReplayed, m.ResumeGaps)
 	// Pre-resolve label values so the per-frame path does no map lookups
 	// under the vector's lock and every series exists from the start.
 	for c := range stomp.ClientCommands {

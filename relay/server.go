@@ -44,6 +44,9 @@ type Deps struct {
 	// Revocations answers whether a subject or token is revoked; nil when
 	// the edge runs without a database (revocation off).
 	Revocations Revocations
+	// Journal replays journaled streams for x-resume-after; nil without a
+	// database (the header is then refused).
+	Journal Journal
 }
 
 // Revocations is the part of revocation.Store the relay uses.
@@ -137,6 +140,7 @@ func NewServer(base context.Context, d Deps) *Server {
 		verifier: d.Verifier,
 		rules:    d.Rules,
 		broker:   d.Broker,
+		journal:  d.Journal,
 		rates: auth.NewRateLimits(d.Config.RateSession.PerSecond, d.Config.RateSession.Burst,
 			d.Config.RateUser.PerSecond, d.Config.RateUser.Burst),
 		users:        &userSlots{max: d.Config.MaxSessionsPerUser, n: map[string]int{}},

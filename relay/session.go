@@ -31,6 +31,7 @@ type sessionEnv struct {
 	verifier *auth.Verifier
 	rules    *auth.Rules
 	broker   broker.Broker
+	journal  Journal // nil: x-resume-after is refused
 	rates    *auth.RateLimits
 	users    *userSlots
 	metrics  *Metrics
@@ -64,6 +65,7 @@ type Session struct {
 	closeAt           atomic.Int64
 	disconnectReceipt atomic.Pointer[string]
 	closeOnce         sync.Once
+	resumes           resumes // subscriptions switching from replay to live
 
 	// Owned by the reader goroutine.
 	parser    *stomp.Parser
@@ -581,10 +583,25 @@ func (s *Session) onSubscribe(f *frame.Frame) error {
 		return refusal(ReasonBadFrame, "ack must be auto, client or client-individual")
 	}
 	f.Header.Set(frame.Id, id)
+	var rs *resume
+	receipt := f.Header.Get(frame.Receipt)
+	if _, ok := f.Header.Contains(HeaderResumeAfter); ok {
+		if d.Kind != auth.KindTopic || d.Wildcard() || !strings.HasPrefix(d.Raw, "/topic/") {
+			return refusal(ReasonBadFrame, "x-resume-after needs one journaled stream: /topic/<key> without wildcards")
+		}
+		if rs, r = s.startResume(f, id, mode); r != nil {
+			return r
+		}
+		f.Header.Set(frame.Receipt, rs.receipt)
+	}
 	s.subs[id] = subscription{dest: d, ack: mode}
-	return s.brokerOp(s.bs.Subscribe(broker.Subscription{
+	err := s.brokerOp(s.bs.Subscribe(broker.Subscription{
 		ID: id, Destination: d.Raw, Ack: mode, Receipt: f.Header.Get(frame.Receipt), Header: f.Header,
 	}))
+	if err != nil || rs == nil {
+		return err
+	}
+	return s.finishResume(rs, d.Raw, d.Name, receipt)
 }
 
 func (s *Session) onUnsubscribe(f *frame.Frame) error {
@@ -596,6 +613,9 @@ func (s *Session) onUnsubscribe(f *frame.Frame) error {
 		return refusal(ReasonBadFrame, "UNSUBSCRIBE needs an id header")
 	}
 	delete(s.subs, id)
+	if rs := s.resumes.get(id); rs != nil {
+		s.resumes.remove(rs)
+	}
 	return s.brokerOp(s.bs.Unsubscribe(id, f.Header.Get(frame.Receipt)))
 }
 
@@ -645,6 +665,23 @@ type sessionSink struct{ s *Session }
 
 func (k sessionSink) Deliver(data []byte, command string, received time.Time) {
 	s := k.s
+	if s.resumes.n.Load() > 0 {
+		if sub, seq, ok := deliveryInfo(data, s.ver()); ok {
+			if rs := s.resumes.get(sub); rs != nil {
+				out, overflow, done := rs.filter(data, seq, s.env.cfg.SendBufferBytes)
+				if overflow {
+					s.close(ReasonSlowConsumer, "live messages piled up faster than the resume could replay")
+				}
+				if done {
+					s.resumes.remove(rs)
+				}
+				if out == nil {
+					return
+				}
+				data = out
+			}
+		}
+	}
 	if s.env.trace.enabled {
 		s.env.trace.logEncoded(s.log, data, s.ver())
 	}
@@ -653,6 +690,12 @@ func (k sessionSink) Deliver(data []byte, command string, received time.Time) {
 
 func (k sessionSink) Receipt(id string) {
 	s := k.s
+	if s.resumes.n.Load() > 0 {
+		if rs := s.resumes.byReceipt(id); rs != nil {
+			close(rs.ready) // the resume's own receipt: the client gets its own later
+			return
+		}
+	}
 	r := frame.New(frame.RECEIPT, frame.ReceiptId, id)
 	s.env.trace.log(s.log, "out", r)
 	if s.out.Enqueue(stomp.AppendFrame(nil, r, s.ver()), frame.RECEIPT, time.Time{}) != nil {

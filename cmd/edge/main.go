@@ -24,6 +24,7 @@ import (
 
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
+	"github.com/stompgate/stompgate/history"
 	"github.com/stompgate/stompgate/internal/backoff"
 	"github.com/stompgate/stompgate/internal/pgdb"
 	"github.com/stompgate/stompgate/internal/sched"
@@ -76,14 +77,18 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		return fmt.Errorf("EDGE_ACL_FILE: %w", err)
 	}
 	reg := prometheus.NewRegistry()
-	var revocations relay.Revocations
+	var (
+		revocations relay.Revocations
+		pool        *pgxpool.Pool
+		replay      relay.Journal
+	)
 	if cfg.DatabaseURL != "" {
-		store, stopStore, err := startRevocations(ctx, cfg.DatabaseURL, reg, log)
+		store, p, stopStore, err := startRevocations(ctx, cfg.DatabaseURL, reg, log)
 		if err != nil {
 			return err
 		}
 		defer stopStore()
-		revocations = store
+		revocations, pool, replay = store, p, history.Journal{Pool: p}
 	} else {
 		log.Warn("EDGE_DATABASE_URL not set: revocation and history are off")
 	}
@@ -103,6 +108,7 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 
 		Rules:       rules,
 		Revocations: revocations,
+		Journal:     replay,
 	})
 	if store, ok := revocations.(*revocation.Store); ok {
 		defer store.OnRevoke(srv)()
@@ -110,6 +116,14 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	mux := http.NewServeMux()
 	srv.Routes(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if pool != nil {
+		mux.Handle("GET /api/history", history.NewHandler(pool, verifier, rules, history.Config{
+			Revoked: func(id auth.Identity) bool { r, _ := revocations.IsRevoked(id.Subject, id.TokenID); return r },
+			Log:     log,
+		}))
+	} else {
+		mux.HandleFunc("GET /api/history", historyOff)
+	}
 	mux.Handle("GET /", web.Handler())
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -147,15 +161,16 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 // revoked user cannot slip in during start; if the database is not
 // reachable by then the edge starts anyway, reports "stale" in /readyz and
 // keeps trying.
-func startRevocations(ctx context.Context, url string, reg prometheus.Registerer, log *slog.Logger) (*revocation.Store, func(), error) {
+// The pool is shared with the history API and resume.
+func startRevocations(ctx context.Context, url string, reg prometheus.Registerer, log *slog.Logger) (*revocation.Store, *pgxpool.Pool, func(), error) {
 	pcfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
-		return nil, nil, fmt.Errorf("EDGE_DATABASE_URL: %w", err)
+		return nil, nil, nil, fmt.Errorf("EDGE_DATABASE_URL: %w", err)
 	}
-	pcfg.MaxConns = 4
+	pcfg.MaxConns = 8
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("EDGE_DATABASE_URL: %w", err)
+		return nil, nil, nil, fmt.Errorf("EDGE_DATABASE_URL: %w", err)
 	}
 	store := revocation.NewStore(pool, revocation.Config{Logger: log})
 	reg.MustRegister(
@@ -197,7 +212,7 @@ func startRevocations(ctx context.Context, url string, reg prometheus.Registerer
 		log.Error("revocations: not loaded within 10s; starting with an empty list and retrying")
 	case <-ctx.Done():
 	}
-	return store, func() { cancel(); <-done; pool.Close() }, nil
+	return store, pool, func() { cancel(); <-done; pool.Close() }, nil
 }
 
 func boolFloat(b bool) float64 {
