@@ -12,6 +12,7 @@ import (
 
 	"github.com/stompgate/stompgate/internal/sched"
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/persist"
 )
 
 func TestRunRefusesBadSettings(t *testing.T) {
@@ -23,11 +24,17 @@ func TestRunRefusesBadSettings(t *testing.T) {
 }
 
 func TestRunServesAndDrains(t *testing.T) {
-	vhost := testenv.Vhost(t)
+	vhost, dbURL := testenv.Vhost(t), testenv.DB(t)
 	env := map[string]string{
 		"EDGE_JWT_HS256_SECRET": testenv.Secret, "EDGE_LISTEN": "127.0.0.1:0",
 		"EDGE_BROKER_LOGIN": "guest", "EDGE_BROKER_PASSCODE": "guest", "EDGE_BROKER_VHOST": vhost,
-		"EDGE_DATABASE_URL": testenv.DB(t), "EDGE_DRAIN_DELAY": "0s", "EDGE_DRAIN_PERIOD": "0s",
+		"EDGE_DATABASE_URL": dbURL, "EDGE_DRAIN_DELAY": "0s", "EDGE_DRAIN_PERIOD": "0s",
+	}
+	// The persister owns stompgate_messages; history reads it.
+	mctx, mcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer mcancel()
+	if err := persist.Migrate(mctx, testenv.Pool(t, dbURL)); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &testenv.SyncBuffer{}
@@ -68,6 +75,23 @@ func TestRunServesAndDrains(t *testing.T) {
 			}
 			return nil
 		})
+	}
+	history := "http://" + addr + "/api/history?destination=/topic/room.1&after_seq=0"
+	for token, want := range map[string]int{"": http.StatusUnauthorized, testenv.Token(t, "alice", nil): http.StatusOK} {
+		req, _ := http.NewRequest("GET", history, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want || (want == 200 && !strings.Contains(b.String(), `"messages"`)) {
+			t.Errorf("/api/history with token=%v: %d %s, want %d", token != "", resp.StatusCode, b.String(), want)
+		}
 	}
 	cancel()
 	select {
