@@ -7,10 +7,19 @@
 // Two modes:
 //
 //	closed  each pair keeps at most --inflight messages published but not
-//	        yet received; measures the highest sustainable throughput.
-//	rate    publishers send --rate messages/s in total, whatever happens;
-//	        latency is counted from each message's scheduled send time, so
-//	        a stalled publisher shows up as latency (no coordinated omission).
+//	        yet received, refilling the window a quarter at a time in one
+//	        write; measures the highest sustainable throughput.
+//	rate    one pacer sends --rate messages/s in total over all pairs,
+//	        whatever happens; latency is counted from each message's
+//	        scheduled send time, so a stalled publisher shows up as latency
+//	        (no coordinated omission).
+//
+// It is built to cost little per message, so that it measures the server
+// (docs/BENCHMARKS.md, "stompload as an instrument"): writes are coalesced
+// and flushed once per batch (package stomp/stompws), subscribers handle
+// frames on their reading goroutine and wake a publisher once per read,
+// not once per message, and the pacer sleeps in nanosleep(2) because Go's
+// timers wake about 0.5 ms late on this machine.
 //
 // It prints a progress line every second, a human summary and, last, one
 // line of JSON. It runs for --warmup + --duration plus a short drain and
