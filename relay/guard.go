@@ -133,11 +133,6 @@ func destination(f *frame.Frame) (auth.Destination, *Refusal) {
 	if err != nil {
 		return d, refusal(ReasonForbidden, "%s", err.Error())
 	}
-	if d.Kind == auth.KindUser || d.Kind == auth.KindUserQueue {
-		// SPEC §5 user destinations need the stompgate.user routing that a
-		// later step adds; RabbitMQ would not know them.
-		return d, refusal(ReasonForbidden, "user destinations (/user/...) are not enabled on this edge yet")
-	}
 	return d, nil
 }
 

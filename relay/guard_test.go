@@ -59,7 +59,8 @@ func TestGuardSendOrder(t *testing.T) {
 		{"rate last", valid, false, "/topic/room.1", nil, false, ReasonRateLimited, true},
 		{"refresh passes an expired token", expired, false, auth.EdgeRefresh, nil, false, 0, false},
 		{"refresh refused when revoked", expired, true, auth.EdgeRefresh, nil, true, ReasonRevoked, false},
-		{"user destinations not enabled", valid, false, "/user/bob/queue/in", nil, true, ReasonForbidden, false},
+		{"user destination with its grant", valid, false, "/user/bob/queue/in", nil, true, 0, true},
+		{"another user's queue", valid, false, "/user/carol/queue/in", nil, true, ReasonForbidden, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -358,6 +358,8 @@ func (s *Session) brokerLost(err error) {
 		}
 		e.Body = be.Body
 		s.closeWith(ReasonBroker, e)
+	case errors.Is(err, broker.ErrRefused):
+		s.close(ReasonForbidden, err.Error())
 	case errors.Is(err, broker.ErrFrameTooLarge):
 		// The broker is fine; this session cannot take the message.
 		s.close(ReasonFrameTooLarge, "a message from the broker is larger than EDGE_BROKER_MAX_FRAME_BYTES")
@@ -534,14 +536,18 @@ func (s *Session) onSend(f *frame.Frame) error {
 		}
 	}
 	auth.StampIdentity(f.Header, c.Ident.Subject)
-	dest := d.Raw
-	if d.Kind == auth.KindApp {
-		// Journaled destination (SPEC §6): persisted before it is broadcast.
-		dest = "/exchange/stompgate.ingest/" + d.Name
-		f.Header.Set(frame.Destination, dest)
+	var route *broker.Route
+	switch d.Kind {
+	case auth.KindApp:
+		// Journaled (SPEC §6): persisted before it is broadcast.
+		route = &broker.Route{Exchange: broker.JournalExchange, Key: d.Name}
+	case auth.KindUser:
+		// Subject S's personal queue <name> (SPEC §5), on every edge.
+		route = &broker.Route{Exchange: broker.UserExchange, Key: d.User + "/" + d.Name}
 	}
 	return s.brokerOp(s.bs.Send(broker.Message{
-		Destination: dest,
+		Destination: d.Raw,
+		Route:       route,
 		Receipt:     f.Header.Get(frame.Receipt),
 		Transaction: f.Header.Get(frame.Transaction),
 		Header:      f.Header,
@@ -594,9 +600,14 @@ func (s *Session) onSubscribe(f *frame.Frame) error {
 		}
 		f.Header.Set(frame.Receipt, rs.receipt)
 	}
+	var route *broker.Route
+	if d.Kind == auth.KindUserQueue {
+		// The caller's own personal queue <name> (SPEC §5).
+		route = &broker.Route{Exchange: broker.UserExchange, Key: s.creds.Load().Ident.Subject + "/" + d.Name}
+	}
 	s.subs[id] = subscription{dest: d, ack: mode}
 	err := s.brokerOp(s.bs.Subscribe(broker.Subscription{
-		ID: id, Destination: d.Raw, Ack: mode, Receipt: f.Header.Get(frame.Receipt), Header: f.Header,
+		ID: id, Destination: d.Raw, Route: route, Ack: mode, Receipt: f.Header.Get(frame.Receipt), Header: f.Header,
 	}))
 	if err != nil || rs == nil {
 		return err

@@ -43,7 +43,7 @@ func TestSessionRefusalsReachNothing(t *testing.T) {
 		{"bad ack mode", nil, "SUBSCRIBE\nid:1\ndestination:/topic/a\nack:sometimes\n\n\x00", CodeBadFrame},
 		{"second CONNECT", nil, "CONNECT\naccept-version:1.2\n\n\x00", CodeBadFrame},
 		{"frame too large", nil, "SEND\ndestination:/topic/a\n\n" + strings.Repeat("x", 70<<10) + "\x00", CodeFrameTooLarge},
-		{"user destinations", nil, "SEND\ndestination:/user/bob/queue/inbox\n\nx\x00", CodeForbidden},
+		{"user destination without a grant", nil, "SEND\ndestination:/user/bob/queue/inbox\n\nx\x00", CodeForbidden},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

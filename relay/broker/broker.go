@@ -86,11 +86,27 @@ type Session interface {
 // is, others map it.
 type Message struct {
 	Destination string
+	// Route, when set, is where the message goes instead of what
+	// Destination would mean to RabbitMQ (the journal, user destinations).
+	Route       *Route
 	Receipt     string
 	Transaction string
 	Header      *frame.Header
 	Body        []byte
 }
+
+// Route is an exchange and routing key the edge resolved a destination
+// to. Key may hold any character (a user destination's subject).
+type Route struct {
+	Exchange string
+	Key      string
+}
+
+// The exchanges behind the edge's own destinations (rabbitmq/definitions.json).
+const (
+	JournalExchange = "stompgate.ingest" // /app/<key> → routing key <key> (SPEC §6)
+	UserExchange    = "stompgate.user"   // /user/<S>/queue/<name> → routing key <S>/<name> (SPEC §5)
+)
 
 // AckMode is a subscription's ack header.
 type AckMode string
@@ -116,10 +132,14 @@ func ParseAckMode(s string) (AckMode, bool) {
 // (id, destination and ack included).
 type Subscription struct {
 	ID          string
-	Destination string
-	Ack         AckMode
-	Receipt     string
-	Header      *frame.Header
+	Destination string // as the client sent it; MESSAGEs carry it back
+	// Route, when set, is the binding to subscribe instead (user
+	// destinations): a queue of the session's own bound to Route.Exchange
+	// with Route.Key.
+	Route   *Route
+	Ack     AckMode
+	Receipt string
+	Header  *frame.Header
 }
 
 // Ack is an ACK, or a NACK when Nack is set. ID is the broker's message
@@ -143,6 +163,10 @@ var ErrBusy = errors.New("broker capacity used up")
 // ErrFrameTooLarge ends a session whose broker sent a frame over the
 // configured limit; it says nothing about the broker's health.
 var ErrFrameTooLarge = errors.New("frame from the broker over the limit")
+
+// ErrRefused is an operation this broker side cannot carry out for the
+// client (the message says why); the session ends with ERROR forbidden.
+var ErrRefused = errors.New("refused")
 
 // Error is an ERROR frame from the broker, relayed to the client with
 // x-error-code broker.

@@ -44,9 +44,10 @@ func New(maxSessions int) *Broker {
 	return &Broker{
 		maxSessions: maxSessions,
 		sessions:    map[*session]struct{}{},
-		exchanges:   map[string]string{"amq.topic": "topic", "amq.direct": "direct", "amq.fanout": "fanout"},
-		queues:      map[string]*queue{},
-		idle:        map[*session]struct{}{},
+		exchanges: map[string]string{"amq.topic": "topic", "amq.direct": "direct", "amq.fanout": "fanout",
+			broker.JournalExchange: "topic", broker.UserExchange: "direct"}, // as rabbitmq/definitions.json
+		queues: map[string]*queue{},
+		idle:   map[*session]struct{}{},
 	}
 }
 
@@ -72,11 +73,12 @@ type message struct {
 }
 
 type consumer struct {
-	s    *session
-	id   string
-	ack  broker.AckMode
-	q    *queue
-	dest string
+	s      *session
+	id     string
+	ack    broker.AckMode
+	q      *queue
+	dest   string
+	routed bool // MESSAGEs carry dest, the client's destination
 }
 
 type pending struct {
@@ -404,6 +406,9 @@ func (s *session) Send(m broker.Message) error {
 	}
 	return s.do(m.Receipt, func() error {
 		return s.inTx(m.Transaction, func() error {
+			if m.Route != nil {
+				return s.b.route(m.Route.Exchange, m.Route.Key, msg)
+			}
 			ex, key, err := s.target(m.Destination)
 			if err != nil {
 				return err
@@ -422,9 +427,15 @@ func (s *session) Subscribe(sub broker.Subscription) error {
 		var q *queue
 		d := sub.Destination
 		switch {
-		case strings.HasPrefix(d, "/topic/"), strings.HasPrefix(d, "/exchange/"):
-			ex, key, err := s.target(d)
-			if err != nil {
+		case sub.Route != nil || strings.HasPrefix(d, "/topic/") || strings.HasPrefix(d, "/exchange/"):
+			var ex, key string
+			var err error
+			if sub.Route != nil {
+				ex, key = sub.Route.Exchange, sub.Route.Key
+				if _, ok := b.exchanges[ex]; !ok {
+					return fmt.Errorf("not_found: no exchange '%s'", ex)
+				}
+			} else if ex, key, err = s.target(d); err != nil {
 				return err
 			}
 			if key == "" {
@@ -440,7 +451,7 @@ func (s *session) Subscribe(sub broker.Subscription) error {
 			}
 			q = b.queues[name]
 		}
-		c := &consumer{s: s, id: sub.ID, ack: sub.Ack, q: q, dest: d}
+		c := &consumer{s: s, id: sub.ID, ack: sub.Ack, q: q, dest: d, routed: sub.Route != nil}
 		s.subs[sub.ID] = c
 		q.consumers = append(q.consumers, c)
 		for len(q.msgs) > 0 && len(q.consumers) > 0 {
@@ -455,9 +466,13 @@ func (s *session) Subscribe(sub broker.Subscription) error {
 func (s *session) deliver(c *consumer, m *message) {
 	s.n++
 	id := "T_" + c.id + "@@" + s.info.ID + "@@" + strconv.Itoa(s.n)
+	dest := m.dest
+	if c.routed {
+		dest = c.dest
+	}
 	f := frame.New(frame.MESSAGE,
 		frame.Subscription, c.id,
-		frame.Destination, m.dest,
+		frame.Destination, dest,
 		frame.MessageId, id,
 		"redelivered", strconv.FormatBool(m.redelivered))
 	if c.ack != broker.AckAuto {

@@ -24,6 +24,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -166,6 +167,14 @@ type conn struct {
 	readTimeout time.Duration // 0: the broker sends no heart-beats
 	sendEvery   time.Duration
 
+	// routed maps subscription ids with a Route to the destination the
+	// client subscribed to: their MESSAGEs carry it back, not the
+	// /exchange/ form the broker saw. Written by the session's goroutine,
+	// read by the reader; nRouted skips the lock when there are none.
+	routedMu sync.Mutex
+	routed   map[string]string
+	nRouted  atomic.Int32
+
 	closed    atomic.Bool
 	stop      chan struct{} // closed by Close: stops the heart-beat
 	stopOnce  sync.Once
@@ -200,15 +209,64 @@ func (c *conn) command(cmd string, kv ...string) error {
 }
 
 func (c *conn) Send(m broker.Message) error {
+	if m.Route != nil {
+		dest, err := routeDestination(m.Route)
+		if err != nil {
+			return err
+		}
+		m.Header.Set(frame.Destination, dest)
+	}
 	return c.write(&frame.Frame{Command: frame.SEND, Header: m.Header, Body: m.Body})
 }
 
 func (c *conn) Subscribe(s broker.Subscription) error {
+	if s.Route != nil {
+		dest, err := routeDestination(s.Route)
+		if err != nil {
+			return err
+		}
+		s.Header.Set(frame.Destination, dest)
+		c.routedMu.Lock()
+		if c.routed == nil {
+			c.routed = map[string]string{}
+		}
+		c.routed[s.ID] = s.Destination
+		c.nRouted.Store(int32(len(c.routed)))
+		c.routedMu.Unlock()
+	}
 	return c.write(&frame.Frame{Command: frame.SUBSCRIBE, Header: s.Header})
 }
 
+// routeDestination is a Route as a STOMP destination for RabbitMQ's
+// adapter, which decodes "%2F" (and nothing else) in a routing key: '/'
+// is sent as %2F, and a key that holds the text %2F itself cannot be
+// expressed.
+func routeDestination(r *broker.Route) (string, error) {
+	if strings.Contains(r.Key, "%2F") {
+		return "", fmt.Errorf("%w: a routing key containing the text %%2F cannot be reached over a STOMP broker connection: %q", broker.ErrRefused, r.Key)
+	}
+	return "/exchange/" + r.Exchange + "/" + strings.ReplaceAll(r.Key, "/", "%2F"), nil
+}
+
 func (c *conn) Unsubscribe(id, receipt string) error {
+	if c.nRouted.Load() > 0 {
+		c.routedMu.Lock()
+		delete(c.routed, id)
+		c.nRouted.Store(int32(len(c.routed)))
+		c.routedMu.Unlock()
+	}
 	return c.command(frame.UNSUBSCRIBE, frame.Id, id, frame.Receipt, receipt)
+}
+
+// clientDestination is the destination a routed subscription's client
+// subscribed to ("" for others).
+func (c *conn) clientDestination(sub string) string {
+	if c.nRouted.Load() == 0 {
+		return ""
+	}
+	c.routedMu.Lock()
+	defer c.routedMu.Unlock()
+	return c.routed[sub]
 }
 
 func (c *conn) Ack(a broker.Ack) error {
@@ -318,6 +376,9 @@ func (c *conn) read() {
 		received := time.Now()
 		switch f.Command {
 		case frame.MESSAGE:
+			if d := c.clientDestination(f.Header.Get(frame.Subscription)); d != "" {
+				f.Header.Set(frame.Destination, d)
+			}
 			c.sink.Deliver(stomp.AppendMessage(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, c.version), frame.MESSAGE, received)
 		case frame.RECEIPT:
 			c.sink.Receipt(f.Header.Get(frame.ReceiptId))
