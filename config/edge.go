@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"net"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -33,6 +34,28 @@ type Edge struct {
 	// the largest frame the edge takes from the broker. A larger message
 	// ends only the session it was for (frame_too_large).
 	BrokerMaxFrameBytes int
+
+	// BrokerMode is EDGE_BROKER_MODE: "shared" (default; SPEC §4 "Shared
+	// broker links": sessions ride EDGE_BROKER_LINKS AMQP connections and
+	// get a dedicated STOMP connection only when a frame needs one) or
+	// "dedicated" (one STOMP connection per session, as before).
+	BrokerMode string
+	// BrokerLinks is EDGE_BROKER_LINKS, default 2 (1..64): shared AMQP
+	// connections per edge.
+	BrokerLinks int
+	// MaxDedicated is EDGE_MAX_DEDICATED, default 500 (a stock RabbitMQ
+	// has 832 sockets): dedicated per-session broker connections of the
+	// edge in shared mode; past it the frame that needs one gets ERROR
+	// broker_busy. 0 allows none.
+	MaxDedicated int
+	// BrokerAMQPURLs is EDGE_BROKER_AMQP_URLS, comma list of amqp:// or
+	// amqps:// URLs for the shared links. Default: one per
+	// EDGE_BROKER_ADDRS host, port 5672, with EDGE_BROKER_LOGIN,
+	// EDGE_BROKER_PASSCODE and EDGE_BROKER_VHOST.
+	BrokerAMQPURLs []string
+	// BrokerLinger is EDGE_BROKER_LINGER, default 2s: how long a shared
+	// broker queue outlives its last local subscriber (no churn on reload).
+	BrokerLinger time.Duration
 
 	Heartbeat      time.Duration // EDGE_HEARTBEAT, default 25s (offered to clients both ways)
 	ConnectTimeout time.Duration // EDGE_CONNECT_TIMEOUT, default 10s (upgrade → CONNECT)
@@ -95,6 +118,11 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 		BrokerHeartbeat:     e.Duration("EDGE_BROKER_HEARTBEAT", 10*time.Second, 0),
 		BrokerTimeout:       e.Duration("EDGE_BROKER_TIMEOUT", 5*time.Second, 10*time.Millisecond),
 		BrokerMaxFrameBytes: e.Bytes("EDGE_BROKER_MAX_FRAME_BYTES", 16<<20, 4096),
+		BrokerMode:          strings.ToLower(e.String("EDGE_BROKER_MODE", "shared")),
+		BrokerLinks:         e.Int("EDGE_BROKER_LINKS", 2, 1),
+		MaxDedicated:        e.Int("EDGE_MAX_DEDICATED", 500, 0),
+		BrokerAMQPURLs:      e.List("EDGE_BROKER_AMQP_URLS", ""),
+		BrokerLinger:        e.Duration("EDGE_BROKER_LINGER", 2*time.Second, 0),
 		Heartbeat:           e.Duration("EDGE_HEARTBEAT", 25*time.Second, 0),
 		ConnectTimeout:      e.Duration("EDGE_CONNECT_TIMEOUT", 10*time.Second, 10*time.Millisecond),
 		MaxFrameBytes:       e.Bytes("EDGE_MAX_FRAME_BYTES", 64<<10, 1024),
@@ -149,6 +177,21 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 			e.fail("EDGE_BROKER_ADDRS", "%q is not host:port", a)
 		}
 	}
+	if !oneOf(c.BrokerMode, "shared", "dedicated") {
+		e.fail("EDGE_BROKER_MODE", "%q is neither shared nor dedicated", c.BrokerMode)
+	}
+	if c.BrokerLinks > 64 {
+		e.fail("EDGE_BROKER_LINKS", "%d is above the maximum 64 (a few links carry every session)", c.BrokerLinks)
+	}
+	for _, u := range c.BrokerAMQPURLs {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "amqp" && p.Scheme != "amqps") || p.Host == "" {
+			e.fail("EDGE_BROKER_AMQP_URLS", "%q is not an amqp:// or amqps:// URL", redactURL(u))
+		}
+	}
+	if len(c.BrokerAMQPURLs) == 0 {
+		c.BrokerAMQPURLs = amqpURLs(c.BrokerAddrs, c.BrokerLogin, c.BrokerPasscode, c.BrokerVhost)
+	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		e.fail("EDGE_LISTEN", "%q is not [host]:port", c.Listen)
 	}
@@ -168,6 +211,21 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 		return Edge{}, errors.Join(errors.New("invalid configuration"), err)
 	}
 	return c, nil
+}
+
+// amqpURLs derives the shared links' URLs from the STOMP addresses: the
+// same hosts, AMQP's port 5672, the edge's credentials and vhost.
+func amqpURLs(addrs []string, login, passcode, vhost string) []string {
+	var out []string
+	for _, a := range addrs {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			continue
+		}
+		u := url.URL{Scheme: "amqp", User: url.UserPassword(login, passcode), Host: net.JoinHostPort(host, "5672"), Path: "/" + vhost, RawPath: "/" + url.PathEscape(vhost)}
+		out = append(out, u.String())
+	}
+	return out
 }
 
 func oneOf(v string, options ...string) bool {

@@ -39,6 +39,11 @@ func TestLoadEdgeDefaults(t *testing.T) {
 		{"BrokerAddrs", strings.Join(c.BrokerAddrs, ","), "127.0.0.1:61613"},
 		{"RateSession unlimited", c.RateSession.Unlimited(), true},
 		{"SchedPolicy", c.SchedPolicy, "batch"},
+		{"BrokerMode", c.BrokerMode, "shared"},
+		{"BrokerLinks", c.BrokerLinks, 2},
+		{"MaxDedicated", c.MaxDedicated, 500},
+		{"BrokerLinger", c.BrokerLinger, 2 * time.Second},
+		{"BrokerAMQPURLs", strings.Join(c.BrokerAMQPURLs, ","), "amqp://stompgate-edge:stompgate-edge@127.0.0.1:5672/stompgate"},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {
@@ -64,6 +69,10 @@ func TestLoadEdgeErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_SEND_BUFFER_BYTES": "2KiB"}, []string{"EDGE_SEND_BUFFER_BYTES"}},
 		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_SCHED_POLICY": "fifo"}, []string{"EDGE_SCHED_POLICY", "batch"}},
 		{map[string]string{"EDGE_JWT_JWKS_URL": "http://idp.example/jwks"}, []string{"EDGE_JWT_JWKS_URL", "https"}},
+		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_BROKER_MODE": "pooled", "EDGE_BROKER_LINKS": "0",
+			"EDGE_MAX_DEDICATED": "-1", "EDGE_BROKER_AMQP_URLS": "http://u:secret@rabbit/", "EDGE_BROKER_LINGER": "2"},
+			[]string{"EDGE_BROKER_MODE", "EDGE_BROKER_LINKS", "EDGE_MAX_DEDICATED", "EDGE_BROKER_AMQP_URLS", "EDGE_BROKER_LINGER"}},
+		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_BROKER_LINKS": "65"}, []string{"EDGE_BROKER_LINKS", "64"}},
 		{map[string]string{"EDGE_JWT_HS256_SECRET": secret, "LOG_FORMAT": "xml", "EDGE_MAX_SUBSCRIPTIONS": "0"},
 			[]string{"LOG_FORMAT", "EDGE_MAX_SUBSCRIPTIONS"}}, // reported together
 	}
@@ -94,5 +103,30 @@ func TestLoadEdgeParsesUnitsAndRates(t *testing.T) {
 	}
 	if c.RateSession.PerSecond != 50 || c.RateSession.Burst != 100 || c.AcceptRate.Burst != 1 {
 		t.Fatalf("rates: %+v %+v", c.RateSession, c.AcceptRate)
+	}
+}
+
+func TestLoadEdgeAMQPURLs(t *testing.T) {
+	c, err := LoadEdge(envMap(map[string]string{
+		"EDGE_JWT_HS256_SECRET": secret, "EDGE_BROKER_ADDRS": "rabbit-a:61613,[::1]:61613",
+		"EDGE_BROKER_LOGIN": "edge", "EDGE_BROKER_PASSCODE": "p@ss:w/rd", "EDGE_BROKER_VHOST": "/",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "amqp://edge:p%40ss%3Aw%2Frd@rabbit-a:5672/%2F,amqp://edge:p%40ss%3Aw%2Frd@[::1]:5672/%2F"
+	if got := strings.Join(c.BrokerAMQPURLs, ","); got != want {
+		t.Fatalf("derived URLs = %s, want %s", got, want)
+	}
+	c, err = LoadEdge(envMap(map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_BROKER_AMQP_URLS": "amqps://a:b@r1/v, amqp://r2", "EDGE_BROKER_MODE": "Dedicated"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.BrokerAMQPURLs) != 2 || c.BrokerAMQPURLs[0] != "amqps://a:b@r1/v" || c.BrokerMode != "dedicated" {
+		t.Fatalf("explicit URLs = %v, mode %q", c.BrokerAMQPURLs, c.BrokerMode)
+	}
+	_, err = LoadEdge(envMap(map[string]string{"EDGE_JWT_HS256_SECRET": secret, "EDGE_BROKER_AMQP_URLS": "http://u:hunter2@rabbit/"}))
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("a bad URL must be refused without its password: %v", err)
 	}
 }
