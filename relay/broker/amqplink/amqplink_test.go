@@ -3,8 +3,10 @@ package amqplink
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -178,6 +180,7 @@ func newRig(t *testing.T, adjust func(*Config)) *rig {
 	cfg := Config{
 		URLs: []string{testenv.AMQPURL(vhost)}, Links: 2, MaxDedicated: 10, Dedicated: dedicatedBroker(vhost),
 		Name: "test-" + vhost, Linger: 200 * time.Millisecond, Timeout: 5 * time.Second, Registerer: reg,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if adjust != nil {
 		adjust(&cfg)
@@ -206,6 +209,14 @@ func (r *rig) open(v stomp.Version) (broker.Session, *recorder) {
 	}
 	r.t.Cleanup(func() { s.Close() })
 	return s, rec
+}
+
+// testWriter sends the broker's log to the test's.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 func waitFor(t testing.TB, timeout time.Duration, f func() error) {

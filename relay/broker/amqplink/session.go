@@ -75,7 +75,7 @@ func hasQueueHeader(h *frame.Header) bool {
 // sharedSubscription reports whether a SUBSCRIBE can ride a shared queue:
 // auto ack, a /topic/ or /exchange/ destination, nothing that declares.
 func sharedSubscription(sub broker.Subscription) bool {
-	if sub.Ack != broker.AckAuto {
+	if sub.Ack != broker.AckAuto && sub.Ack != "" {
 		return false
 	}
 	if _, _, ok := route(sub.Destination); !ok {
