@@ -26,7 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // testConfig is the persister configuration for a test's vhost and
 // database, with short retries; env overrides.
-func testConfig(t *testing.T, vhost, dbURL string, env map[string]string) config.Persister {
+func testConfig(t testing.TB, vhost, dbURL string, env map[string]string) config.Persister {
 	t.Helper()
 	m := map[string]string{
 		"PERSIST_AMQP_URL":         testenv.AMQPURL(vhost),

@@ -22,9 +22,11 @@ const journalLockID int64 = 0x73746f6d706a726e
 
 // Bounds of the journal's single operations.
 const (
-	broadcastTimeout = 30 * time.Second // publishing a run of messages until every confirm is in
-	catchUpRows      = 1000             // rows read per stream per catch-up query
-	catchUpRounds    = 10               // catch-up queries per wake-up; more waits for the next one
+	broadcastTimeout = 30 * time.Second       // publishing a run of messages until every confirm is in
+	catchUpRows      = 1000                   // rows read per stream per catch-up query
+	catchUpRounds    = 10                     // catch-up queries per wake-up; more waits for the next one
+	batchGap         = 200 * time.Microsecond // a batch closes when no delivery follows within this
+	batchWindow      = 2 * time.Millisecond   // and at the latest this long after its first delivery
 )
 
 // notifyBuffer is how many stream notifications wait for the leader while
@@ -261,8 +263,12 @@ func (j *Journal) lead(ctx context.Context) error {
 			if !ok {
 				return errors.New("journal consumer cancelled by the broker")
 			}
+			// Take what follows within batchGap of the previous one (at
+			// most batchWindow in all): deliveries trickle in one by one.
 			batch := []amqp.Delivery{d}
+			window := time.NewTimer(batchWindow)
 			for more := true; more && len(batch) < j.cfg.JournalBatchSize; {
+				gap := time.NewTimer(batchGap)
 				select {
 				case d, ok := <-deliveries:
 					if !ok {
@@ -270,10 +276,14 @@ func (j *Journal) lead(ctx context.Context) error {
 						break
 					}
 					batch = append(batch, d)
-				default:
+				case <-gap.C:
+					more = false
+				case <-window.C:
 					more = false
 				}
+				gap.Stop()
 			}
+			window.Stop()
 			if err := l.process(ctx, batch); err != nil {
 				return err
 			}

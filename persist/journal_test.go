@@ -21,7 +21,7 @@ import (
 )
 
 // journalConfig is testConfig with the archive off and a fast scan.
-func journalConfig(t *testing.T, vhost, dbURL string) config.Persister {
+func journalConfig(t testing.TB, vhost, dbURL string) config.Persister {
 	return testConfig(t, vhost, dbURL, map[string]string{"PERSIST_ARCHIVE": "false",
 		"PERSIST_JOURNAL_SCAN_INTERVAL": "200ms", "PERSIST_JOURNAL_LOCK_POLL": "20ms"})
 }
@@ -34,7 +34,7 @@ type runningJournal struct {
 
 // startJournal migrates cfg's database and runs a Journal until stop or
 // the end of the test; with lead it waits until it leads and consumes.
-func startJournal(t *testing.T, cfg config.Persister, lead bool) *runningJournal {
+func startJournal(t testing.TB, cfg config.Persister, lead bool) *runningJournal {
 	t.Helper()
 	pool := testenv.Pool(t, cfg.DatabaseURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
