@@ -207,7 +207,7 @@ func benchSession(b *testing.B, v stomp.Version) *Session {
 		bs:        &discardBroker{w: bufio.NewWriterSize(io.Discard, 32<<10)},
 		rbuf:      make([]byte, 16<<10),
 	}
-	s.out = newOutbox(nil, nil, cfg.SendBufferBytes, cfg.SendTimeLimit, m, nil)
+	s.out = newOutbox(nil, cfg.SendBufferBytes, cfg.SendTimeLimit, m, nil)
 	s.creds.Store(&Credentials{Ident: ident, Perms: perms})
 	s.parser.Version = v
 	s.version.Store(int32(v))

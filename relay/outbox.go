@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
@@ -9,7 +10,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/go-stomp/stomp/v3/frame"
-	"github.com/gorilla/websocket"
 )
 
 // Outbox alone writes a session's WebSocket: the byte-bounded queue of
@@ -29,8 +29,7 @@ import (
 // (slow_consumer), so no producer, the broker reader least of all, ever
 // blocks on one browser.
 type Outbox struct {
-	ws        *websocket.Conn
-	bc        *bufConn
+	w         wire
 	limit     int           // bytes queued at most (EDGE_SEND_BUFFER_BYTES)
 	timeLimit time.Duration // write deadline of every batch (EDGE_SEND_TIME_LIMIT)
 	metrics   *Metrics
@@ -71,9 +70,9 @@ type outFrame struct {
 	received time.Time // when the broker side read it (zero for edge-made frames)
 }
 
-func newOutbox(ws *websocket.Conn, bc *bufConn, limit int, timeLimit time.Duration, m *Metrics, readerDone <-chan struct{}) *Outbox {
+func newOutbox(w wire, limit int, timeLimit time.Duration, m *Metrics, readerDone <-chan struct{}) *Outbox {
 	o := &Outbox{
-		ws: ws, bc: bc, limit: limit, timeLimit: timeLimit, metrics: m, readerDone: readerDone,
+		w: w, limit: limit, timeLimit: timeLimit, metrics: m, readerDone: readerDone,
 		wake: make(chan struct{}, 1),
 		beat: make(chan time.Duration, 1),
 		done: make(chan struct{}),
@@ -204,7 +203,7 @@ func (o *Outbox) release(batch []outFrame, err error) {
 	if err != nil && o.writeErr == nil {
 		o.writeErr = err
 	}
-	more := len(o.queue) > 0 || o.closing || len(o.pongs) > 0 || o.writeErr != nil || o.bc.pending()
+	more := len(o.queue) > 0 || o.closing || len(o.pongs) > 0 || o.writeErr != nil || o.w.pending()
 	o.mu.Unlock()
 	if more {
 		o.signal()
@@ -270,142 +269,51 @@ func (o *Outbox) Run() {
 	}
 }
 
-// writeBatch writes pongs and batch into bufConn and flushes it (with what
-// an earlier flush left) by deadline.
+// writeBatch writes pongs and batch and flushes them (with what an
+// earlier flush left) by deadline.
 func (o *Outbox) writeBatch(batch []outFrame, queued int, pongs [][]byte, deadline time.Time) ([]outFrame, error) {
-	_ = o.ws.SetWriteDeadline(deadline)
-	err := o.write(batch, pongs, deadline)
+	err := o.w.write(batch, pongs, deadline)
 	o.metrics.OutboundBytes.Sub(float64(queued))
 	if err == nil && len(batch) > 0 {
-		o.lastWrite.Store(time.Now().UnixNano())
+		now := time.Now()
+		o.lastWrite.Store(now.UnixNano())
+		for i := range batch {
+			if batch[i].command != "" {
+				o.metrics.frameOut(batch[i].command)
+			}
+			if !batch[i].received.IsZero() {
+				o.metrics.RelayLatency.Observe(now.Sub(batch[i].received).Seconds())
+			}
+		}
 	}
 	return batch, err
 }
 
-func (o *Outbox) write(batch []outFrame, pongs [][]byte, deadline time.Time) error {
-	for _, p := range pongs {
-		if err := o.ws.WriteControl(websocket.PongMessage, p, deadline); err != nil {
-			return err
-		}
-	}
-	for i := range batch {
-		mt := websocket.TextMessage
-		if batch[i].binary {
-			mt = websocket.BinaryMessage
-		}
-		if err := o.ws.WriteMessage(mt, batch[i].data); err != nil {
-			return err
-		}
-		if batch[i].command != "" {
-			o.metrics.frameOut(batch[i].command)
-		}
-	}
-	if err := o.bc.flush(deadline); err != nil {
-		return err
-	}
-	now := time.Now()
-	for i := range batch {
-		if !batch[i].received.IsZero() {
-			o.metrics.RelayLatency.Observe(now.Sub(batch[i].received).Seconds())
-		}
-	}
-	return nil
-}
-
-// finish writes the final frame and a close frame, then gives the client a
-// moment to answer the close before the socket is closed, so the final
-// frames are read rather than lost to a TCP reset.
+// finish writes the final frame and the close, then gives the client a
+// moment to answer the close before the connection is closed, so the
+// final frames are read rather than lost to a TCP reset.
 func (o *Outbox) finish(final []byte, code int) {
-	deadline := time.Now().Add(o.timeLimit)
-	if len(final) > 0 {
-		mt := websocket.TextMessage
-		if !utf8.Valid(final) {
-			mt = websocket.BinaryMessage
-		}
-		_ = o.ws.SetWriteDeadline(deadline)
-		if o.ws.WriteMessage(mt, final) == nil {
-			o.metrics.frameOut(frame.ERROR)
-		}
+	if o.w.finish(final, code, time.Now().Add(o.timeLimit)) && len(final) > 0 {
+		o.metrics.frameOut(frame.ERROR)
 	}
-	_ = o.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), deadline)
-	_ = o.bc.flush(deadline)
 	select {
 	case <-o.readerDone:
 	case <-time.After(2 * time.Second):
 	}
-	o.bc.Close()
+	o.w.close()
 }
 
-// abort closes the socket at once: it cannot be written to.
+// abort closes the connection at once: it cannot be written to.
 func (o *Outbox) abort(err error) {
 	reason := ReasonWriteFailed
 	if isTimeout(err) {
 		reason = ReasonSendTimeout
 	}
 	o.aborted(reason) // marks the session closing before its reader sees the socket go
-	o.bc.Close()
+	o.w.close()
 }
 
 func isTimeout(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// bufConn puts a buffer between gorilla/websocket and the socket, so the
-// writer role holder writes a whole batch and makes one syscall. Only the
-// holder writes (gorilla's own control replies are disabled by the
-// session's ping and close handlers), so buf needs no lock.
-//
-// Unlike a bufio.Writer, a flush that times out keeps what it could not
-// write, and the next flush goes on from there: a producer flushing in
-// place gives up after inPlaceBudget and leaves the rest to the outbox's
-// goroutine, without breaking gorilla's framing.
-//
-// Reads go through too: beforeRead runs in the reading goroutine whenever
-// gorilla's read buffer is empty and it is about to read the socket (and
-// possibly block). The session flushes its broker side there, so all the
-// frames that arrived together leave in one write.
-type bufConn struct {
-	net.Conn
-	buf        []byte
-	beforeRead func()
-}
-
-func (c *bufConn) Write(p []byte) (int, error) {
-	c.buf = append(c.buf, p...)
-	return len(p), nil
-}
-
-// pending reports whether bytes wait for a flush.
-func (c *bufConn) pending() bool { return len(c.buf) > 0 }
-
-// flush writes the buffer to the socket by deadline. On error the unwritten
-// rest stays buffered.
-func (c *bufConn) flush(deadline time.Time) error {
-	if len(c.buf) == 0 {
-		return nil
-	}
-	_ = c.Conn.SetWriteDeadline(deadline)
-	n, err := c.Conn.Write(c.buf)
-	if err != nil {
-		c.buf = c.buf[:copy(c.buf, c.buf[n:])]
-		return err
-	}
-	if cap(c.buf) > maxIdleWriteBuffer {
-		c.buf = nil // a burst grew it: give the memory back
-	} else {
-		c.buf = c.buf[:0]
-	}
-	return nil
-}
-
-// maxIdleWriteBuffer is the most write buffer a session keeps between
-// batches.
-const maxIdleWriteBuffer = 64 << 10
-
-func (c *bufConn) Read(p []byte) (int, error) {
-	if c.beforeRead != nil {
-		c.beforeRead()
-	}
-	return c.Conn.Read(p)
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)
 }

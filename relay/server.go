@@ -264,7 +264,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		bc.Close()
 		return
 	}
-	sess := newSession(s.env, s.baseCtx, ws, bc, token, s.log)
+	sess := newWSSession(s.env, s.baseCtx, ws, bc, token, s.log)
 	// Registration and the draining check share the lock with Drain/Close,
 	// so no session is added to the WaitGroup after they started waiting.
 	s.mu.Lock()

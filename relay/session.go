@@ -49,7 +49,7 @@ type sessionEnv struct {
 type Session struct {
 	env  *sessionEnv
 	id   string
-	ws   *websocket.Conn
+	wire wire
 	out  *Outbox
 	log  *slog.Logger
 	ctx  context.Context // ends when the session does
@@ -88,12 +88,24 @@ type subscription struct {
 	ack  broker.AckMode
 }
 
-func newSession(env *sessionEnv, base context.Context, ws *websocket.Conn, bc *bufConn, upgradeToken string, log *slog.Logger) *Session {
+// newWSSession is a session on a WebSocket whose socket is bc.
+func newWSSession(env *sessionEnv, base context.Context, ws *websocket.Conn, bc *bufConn, upgradeToken string, log *slog.Logger) *Session {
+	s := newSession(env, base, wsWire{ws: ws, bc: bc}, upgradeToken, log)
+	bc.beforeRead = s.flushBroker
+	ws.SetPingHandler(func(data string) error {
+		s.out.Pong([]byte(data))
+		return nil
+	})
+	ws.SetCloseHandler(func(int, string) error { return nil })
+	return s
+}
+
+func newSession(env *sessionEnv, base context.Context, w wire, upgradeToken string, log *slog.Logger) *Session {
 	ctx, stop := context.WithCancel(base)
 	s := &Session{
 		env:          env,
 		id:           ulid.Make().String(),
-		ws:           ws,
+		wire:         w,
 		ctx:          ctx,
 		stop:         stop,
 		upgradeToken: upgradeToken,
@@ -104,7 +116,7 @@ func newSession(env *sessionEnv, base context.Context, ws *websocket.Conn, bc *b
 		readerDone:   make(chan struct{}),
 	}
 	s.log = log.With("session", s.id)
-	s.out = newOutbox(ws, bc, env.cfg.SendBufferBytes, env.cfg.SendTimeLimit, env.metrics, s.readerDone)
+	s.out = newOutbox(w, env.cfg.SendBufferBytes, env.cfg.SendTimeLimit, env.metrics, s.readerDone)
 	s.out.overflow = func(queued int) {
 		s.close(ReasonSlowConsumer, fmt.Sprintf("client did not read %d queued bytes fast enough", queued))
 	}
@@ -115,12 +127,6 @@ func newSession(env *sessionEnv, base context.Context, ws *websocket.Conn, bc *b
 		s.closeWith(r, nil)
 		s.stop()
 	}
-	bc.beforeRead = s.flushBroker
-	ws.SetPingHandler(func(data string) error {
-		s.out.Pong([]byte(data))
-		return nil
-	})
-	ws.SetCloseHandler(func(int, string) error { return nil })
 	return s
 }
 
@@ -204,12 +210,11 @@ func (s *Session) send(f *frame.Frame) error {
 func (s *Session) readLoop() {
 	defer close(s.readerDone)
 	for {
+		var deadline time.Time
 		if s.readLimit > 0 {
-			_ = s.ws.SetReadDeadline(time.Now().Add(s.readLimit))
-		} else {
-			_ = s.ws.SetReadDeadline(time.Time{})
+			deadline = time.Now().Add(s.readLimit)
 		}
-		_, r, err := s.ws.NextReader()
+		r, err := s.wire.next(deadline)
 		if err != nil {
 			switch {
 			case s.out.Closing():
@@ -218,7 +223,7 @@ func (s *Session) readLoop() {
 				s.waitClosed()
 			case isTimeout(err):
 				s.close(ReasonHeartbeatTimeout, "")
-			case websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+			case errors.Is(err, errPeerClosed):
 				s.close(ReasonClientClosed, "")
 			default:
 				s.close(ReasonReadFailed, "")
