@@ -1,9 +1,11 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -12,6 +14,11 @@ import (
 // variable (SPEC §4 "Configuration"); the README table lists them all.
 type Edge struct {
 	Listen string // EDGE_LISTEN, default ":8080"
+	// TLSCert and TLSKey are EDGE_TLS_CERT and EDGE_TLS_KEY: PEM files of
+	// the certificate (chain) and its private key. Both or neither; when
+	// set, the edge serves https and wss on EDGE_LISTEN.
+	TLSCert string
+	TLSKey  string
 
 	AllowedOrigins     []string // EDGE_ALLOWED_ORIGINS, comma list, default "http://localhost:*,http://127.0.0.1:*"
 	AllowMissingOrigin bool     // EDGE_ALLOW_MISSING_ORIGIN, default true
@@ -102,6 +109,8 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 	e := &env{get: getenv}
 	c := Edge{
 		Listen:              e.String("EDGE_LISTEN", ":8080"),
+		TLSCert:             e.String("EDGE_TLS_CERT", ""),
+		TLSKey:              e.String("EDGE_TLS_KEY", ""),
 		AllowedOrigins:      e.List("EDGE_ALLOWED_ORIGINS", "http://localhost:*,http://127.0.0.1:*"),
 		AllowMissingOrigin:  e.Bool("EDGE_ALLOW_MISSING_ORIGIN", true),
 		TokenCookie:         e.String("EDGE_TOKEN_COOKIE", "access_token"),
@@ -195,6 +204,7 @@ func LoadEdge(getenv Getenv) (Edge, error) {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		e.fail("EDGE_LISTEN", "%q is not [host]:port", c.Listen)
 	}
+	checkTLS(e, c.TLSCert, c.TLSKey)
 	if c.MaxHeaderBytes > c.MaxFrameBytes {
 		e.fail("EDGE_MAX_HEADER_BYTES", "larger than EDGE_MAX_FRAME_BYTES")
 	}
@@ -235,4 +245,32 @@ func oneOf(v string, options ...string) bool {
 		}
 	}
 	return false
+}
+
+// checkTLS validates EDGE_TLS_CERT and EDGE_TLS_KEY: both or neither, each
+// readable, and a key that belongs to the certificate.
+func checkTLS(e *env, certFile, keyFile string) {
+	switch {
+	case certFile == "" && keyFile == "":
+		return
+	case keyFile == "":
+		e.fail("EDGE_TLS_KEY", "not set, but EDGE_TLS_CERT is: set both (or neither)")
+		return
+	case certFile == "":
+		e.fail("EDGE_TLS_CERT", "not set, but EDGE_TLS_KEY is: set both (or neither)")
+		return
+	}
+	certPEM, certErr := os.ReadFile(certFile)
+	if certErr != nil {
+		e.fail("EDGE_TLS_CERT", "%v", certErr)
+	}
+	keyPEM, keyErr := os.ReadFile(keyFile)
+	if keyErr != nil {
+		e.fail("EDGE_TLS_KEY", "%v", keyErr)
+	}
+	if certErr == nil && keyErr == nil {
+		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+			e.fail("EDGE_TLS_CERT", "with EDGE_TLS_KEY: %v", err)
+		}
+	}
 }
