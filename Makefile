@@ -33,6 +33,9 @@ go-test:
 ## fuzz: a short run of each fuzz target on top of its seed corpus
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParser$$' -fuzztime 15s ./stomp
+	@for t in FuzzDestinationRoundTrip FuzzUpgradeToken FuzzConnectToken FuzzPermissions; do \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime 10s ./auth || exit 1; \
+	done
 
 e2e: build
 	@bash scripts/browser.sh

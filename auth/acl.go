@@ -170,10 +170,10 @@ type pattern struct {
 	// "/exchange/*"). /exchange/amq.topic/<key> is authorised as
 	// /topic/<key> (KindTopic) and never falls under it.
 	anyExchange bool
-	user     string // KindUser: literal subject
-	anyUser  bool   // KindUser: "*" in the subject position of the rule
-	segs     []segment
-	src      string // the entry as written, for Describe
+	user        string // KindUser: literal subject
+	anyUser     bool   // KindUser: "*" in the subject position of the rule
+	segs        []segment
+	src         string // the entry as written, for Describe
 }
 
 // compilePattern parses a rule or scope pattern and substitutes sub for

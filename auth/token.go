@@ -55,10 +55,15 @@ func ConnectToken(h *frame.Header) (string, TokenSource) {
 	return "", ""
 }
 
+// bearer reads "Bearer <token>" (scheme case-insensitive). A header whose
+// token is blank holds none: it must not hide a later source (found by
+// FuzzUpgradeToken: "Bearer   " used to win over access_token and passcode
+// with an empty token).
 func bearer(v string) (string, bool) {
 	const p = "bearer "
 	if len(v) > len(p) && strings.EqualFold(v[:len(p)], p) {
-		return strings.TrimSpace(v[len(p):]), true
+		t := strings.TrimSpace(v[len(p):])
+		return t, t != ""
 	}
 	return "", false
 }
