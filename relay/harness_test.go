@@ -33,6 +33,8 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		// sockjs-go forgets a closed session after its DisconnectDelay (5s).
+		goleak.IgnoreTopFunction("github.com/igm/sockjs-go/v3/sockjs.(*Handler).sessionByRequest.func1"),
 	)
 }
 

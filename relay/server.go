@@ -172,6 +172,7 @@ func NewServer(base context.Context, d Deps) *Server {
 // Handler returns the edge's HTTP routes other than the demo page.
 func (s *Server) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ws", s.serveWS)
+	mux.Handle("/sockjs/", s.sockJS())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
@@ -221,32 +222,49 @@ func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
 	http.Error(w, msg, status)
 }
 
-func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	origin := r.Header.Get("Origin")
-	decision := s.origins.Check(origin)
+// admit counts a new connection in (s.active) or says why not: draining,
+// EDGE_MAX_CONNECTIONS, EDGE_ACCEPT_RATE.
+func (s *Server) admit() (reason, msg string) {
+	if s.draining.Load() {
+		return "draining", "shutting down"
+	}
+	if s.active.Add(1) > int64(s.cfg.MaxConnections) {
+		s.active.Add(-1)
+		return "max_connections", "too many connections"
+	}
+	if s.accept != nil && !s.accept.Allow() {
+		s.active.Add(-1)
+		return "accept_rate", "too many new connections"
+	}
+	return "", ""
+}
+
+// checkOrigin applies the Origin policy to a request that may open a
+// session and returns its upgrade token; ok is false after it refused
+// with 403.
+func (s *Server) checkOrigin(w http.ResponseWriter, r *http.Request) (token string, ok bool) {
+	decision := s.origins.Check(r.Header.Get("Origin"))
 	if decision == auth.OriginRefused {
 		s.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
-		return
+		return "", false
 	}
 	token, source := auth.UpgradeToken(r, s.cfg.TokenCookie)
 	if source == auth.SourceCookie && decision != auth.OriginAllowed {
 		// A cookie rides along with any request the browser makes; without
 		// an allowed Origin it could be a cross-site attack.
 		s.refuse(w, http.StatusForbidden, "origin", "cookie authentication needs an allowed Origin")
+		return "", false
+	}
+	return token, true
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	token, ok := s.checkOrigin(w, r)
+	if !ok {
 		return
 	}
-	if s.draining.Load() {
-		s.refuse(w, http.StatusServiceUnavailable, "draining", "shutting down")
-		return
-	}
-	if s.active.Add(1) > int64(s.cfg.MaxConnections) {
-		s.active.Add(-1)
-		s.refuse(w, http.StatusServiceUnavailable, "max_connections", "too many connections")
-		return
-	}
-	if s.accept != nil && !s.accept.Allow() {
-		s.active.Add(-1)
-		s.refuse(w, http.StatusServiceUnavailable, "accept_rate", "too many new connections")
+	if reason, msg := s.admit(); reason != "" {
+		s.refuse(w, http.StatusServiceUnavailable, reason, msg)
 		return
 	}
 	var bc *bufConn
@@ -265,15 +283,24 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess := newWSSession(s.env, s.baseCtx, ws, bc, token, s.log)
-	// Registration and the draining check share the lock with Drain/Close,
-	// so no session is added to the WaitGroup after they started waiting.
+	s.run(sess, func() {
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "shutting down"), time.Now().Add(time.Second))
+		_ = bc.flush(time.Now().Add(time.Second))
+		bc.Close()
+	})
+}
+
+// run registers an admitted session (s.active already counts it) and
+// serves it to its end; refuse closes its connection when a drain started
+// first. Registration and the draining check share the lock with
+// Drain/Close, so no session is added to the WaitGroup after they started
+// waiting.
+func (s *Server) run(sess *Session, refuse func()) {
 	s.mu.Lock()
 	if s.draining.Load() {
 		s.mu.Unlock()
 		s.active.Add(-1)
-		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "shutting down"), time.Now().Add(time.Second))
-		_ = bc.flush(time.Now().Add(time.Second))
-		bc.Close()
+		refuse()
 		return
 	}
 	s.sessions[sess] = struct{}{}
