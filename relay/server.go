@@ -172,7 +172,11 @@ func NewServer(base context.Context, d Deps) *Server {
 // Handler returns the edge's HTTP routes other than the demo page.
 func (s *Server) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ws", s.serveWS)
-	mux.Handle("/sockjs/", s.sockJS())
+	// Per method: "GET /" (the demo page) would conflict with "/sockjs/".
+	sj := s.sockJS()
+	for _, m := range []string{"GET", "POST", "OPTIONS"} {
+		mux.Handle(m+" /sockjs/", sj)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
