@@ -223,10 +223,8 @@ func (s *Session) readLoop() {
 				s.waitClosed()
 			case isTimeout(err):
 				s.close(ReasonHeartbeatTimeout, "")
-			case errors.Is(err, errPeerClosed):
+			default: // errPeerClosed, or the connection broke: the client is gone
 				s.close(ReasonClientClosed, "")
-			default:
-				s.close(ReasonReadFailed, "")
 			}
 			return
 		}
