@@ -595,13 +595,8 @@ func TestDrainClosesSessionsWithShuttingDown(t *testing.T) {
 	drained := make(chan error, 1)
 	go func() { drained <- e.srv.Drain(t.Context()) }()
 	testenv.WaitFor(t, 2*time.Second, func() error {
-		resp, err := http.Get(e.http.URL + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusServiceUnavailable {
-			return fmt.Errorf("readyz %d while draining", resp.StatusCode)
+		if s := e.readyz(); s != http.StatusServiceUnavailable {
+			return fmt.Errorf("readyz %d while draining", s)
 		}
 		return nil
 	})
@@ -661,14 +656,7 @@ func TestBrokerLossAndReadiness(t *testing.T) {
 	probeDone := make(chan struct{})
 	go func() { e.srv.ProbeBroker(probeCtx, 100*time.Millisecond); close(probeDone) }()
 	t.Cleanup(func() { stopProbe(); <-probeDone })
-	readyz := func() int {
-		resp, err := http.Get(e.http.URL + "/readyz")
-		if err != nil {
-			return 0
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	readyz := e.readyz
 	testenv.WaitFor(t, 5*time.Second, func() error {
 		if s := readyz(); s != 200 {
 			return fmt.Errorf("readyz %d", s)

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -57,13 +56,8 @@ func TestFidelityOversizedBrokerFrame(t *testing.T) {
 	if !e.srv.brokerUp.Load() {
 		t.Fatal("an oversized message marked the broker down")
 	}
-	resp, err := http.Get(e.http.URL + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("/readyz %d after an oversized message", resp.StatusCode)
+	if s := e.readyz(); s != http.StatusOK {
+		t.Fatalf("/readyz %d after an oversized message", s)
 	}
 	if err := ch.Publish("amq.topic", "small", false, false, amqp.Publishing{Body: []byte("fine")}); err != nil {
 		t.Fatal(err)
@@ -72,6 +66,6 @@ func TestFidelityOversizedBrokerFrame(t *testing.T) {
 		t.Fatalf("body %q", m.Body)
 	}
 	if n := counter(e.metrics.SessionsClosed.WithLabelValues(CodeFrameTooLarge)); n != 1 {
-		t.Fatal(fmt.Sprintf("frame_too_large closes = %v", n))
+		t.Fatalf("frame_too_large closes = %v", n)
 	}
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"net/http"
 	"sort"
 	"sync"
 	"testing"
@@ -21,6 +22,16 @@ func startMemEdge(t *testing.T, env map[string]string, deps func(*Deps)) (*edge,
 		}
 	})
 	return e, mb
+}
+
+// readyz is the edge's /readyz status (0 when it cannot be reached).
+func (e *edge) readyz() int {
+	resp, err := http.Get(e.http.URL + "/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // fakeClock is a Clock that moves only when told; timers fire (in the

@@ -148,15 +148,7 @@ func TestSessionBrokerLossClosesAndReadiness(t *testing.T) {
 	mb.SetDown(true)
 	mb.Drop()
 	c.expectError(CodeBrokerUnavailable)
-	ready := func() int {
-		resp, err := http.Get(e.http.URL + "/readyz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	if got := ready(); got != http.StatusServiceUnavailable {
+	if got := e.readyz(); got != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz %d while the broker is down", got)
 	}
 	refused := e.mustDial(nil)
