@@ -40,6 +40,8 @@ commands:
   unrevoke     delete every revocation of a subject or a token
                --subject S | --jti J
   revocations  list stompgate_revocations (in force and expired)
+  topology     check: compare the live broker with rabbitmq/definitions.json and name
+               each difference (edgectl topology check --help)
 
 revoke, unrevoke and revocations use EDGE_DATABASE_URL (or --database URL).
 `
@@ -57,6 +59,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return unrevoke(ctx, args[2:], getenv, stdout)
 	case "revocations":
 		return revocations(ctx, args[2:], getenv, stdout)
+	case "topology":
+		return topology(ctx, args[2:], getenv, stdout)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
