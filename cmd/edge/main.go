@@ -135,8 +135,14 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 	defer stopProbe()
 	go srv.ProbeBroker(probeCtx, 5*time.Second)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("edge listening", "addr", ln.Addr().String(), "brokers", strings.Join(cfg.BrokerAddrs, ","), "version", version)
+	go func() {
+		if cfg.TLSCert != "" {
+			serveErr <- hs.ServeTLS(ln, cfg.TLSCert, cfg.TLSKey) // https and wss
+			return
+		}
+		serveErr <- hs.Serve(ln)
+	}()
+	log.Info("edge listening", "addr", ln.Addr().String(), "tls", cfg.TLSCert != "", "brokers", strings.Join(cfg.BrokerAddrs, ","), "version", version)
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
 
 	select {
