@@ -4,20 +4,21 @@ GO ?= go
 export EDGE_JWT_HS256_SECRET ?= dev-only-secret-change-me-0123456789abcdef
 BIN := bin
 
-.PHONY: run test test-unit services build go-test fuzz e2e bench soak lint clean
+.PHONY: run test test-unit services build go-test fuzz js-test e2e bench soak lint clean
 
 ## run: prepare RabbitMQ + PostgreSQL, build, start the persister and the edge on :8080
 run: services build
 	@bash scripts/run.sh
 
 ## test: every test against the real local RabbitMQ and PostgreSQL (< 10 min on 2 cores)
-test: services go-test fuzz e2e
+test: services go-test fuzz js-test e2e
 
 ## test-unit: every test that needs no service (no RabbitMQ, no Postgres, no network:
 ## passes inside `unshare -n`); integration tests skip themselves under -short
 test-unit:
 	$(GO) vet ./...
 	GOPROXY=off GOFLAGS=-mod=readonly $(GO) test -short -race -count=1 -timeout 5m ./...
+	@if command -v node >/dev/null; then $(MAKE) --no-print-directory js-test; else echo "test-unit: node not found, skipping js-test"; fi
 
 services:
 	@bash scripts/services.sh
@@ -36,6 +37,10 @@ fuzz:
 	@for t in FuzzDestinationRoundTrip FuzzUpgradeToken FuzzConnectToken FuzzPermissions; do \
 		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime 10s ./auth || exit 1; \
 	done
+
+## js-test: unit tests of the browser helper /client/stompgate.js (Node, no dependencies, offline)
+js-test:
+	node --test web/js-test/*.test.mjs
 
 e2e: build
 	@bash scripts/browser.sh

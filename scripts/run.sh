@@ -9,7 +9,11 @@ export EDGE_JWT_HS256_SECRET
 export EDGE_DATABASE_URL="${EDGE_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/stompgate?sslmode=disable}"
 listen="${EDGE_LISTEN:-:8080}"
 port="${listen##*:}"
-token=$(bin/edgectl token --sub alice --ttl 24h --scope "subscribe:/topic/room.* send:/topic/room.* send:/app/room.*")
+# The demo chat's scopes: read rooms (and their /api/history), write them only
+# through the journal (/app/), and presence on amq.direct (not archived).
+scopes="subscribe:/topic/room.* send:/app/room.* subscribe:/exchange/amq.direct/presence.* send:/exchange/amq.direct/presence.*"
+token=$(bin/edgectl token --sub alice --ttl 24h --scope "$scopes")
+token_bob=$(bin/edgectl token --sub bob --ttl 24h --scope "$scopes")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
@@ -33,12 +37,14 @@ if [ -x bin/persister ]; then
 fi
 cat <<MSG
 
-  stompgate edge: http://localhost:${port}/?token=${token}&autoconnect=1
+  stompgate chat (alice): http://localhost:${port}/?token=${token}&autoconnect=1
+  a second user (bob):    http://localhost:${port}/?token=${token_bob}&autoconnect=1
+  (open bob's in another browser or a private window: a browser profile keeps one token)
 
   dev token (sub=alice, 24h):
   ${token}
 
-  more tokens:  EDGE_JWT_HS256_SECRET=${EDGE_JWT_HS256_SECRET} bin/edgectl token --sub bob --scope "subscribe:/topic/room.* send:/topic/room.*"
+  more tokens:  EDGE_JWT_HS256_SECRET=${EDGE_JWT_HS256_SECRET} bin/edgectl token --sub carol --scope "${scopes}"
   RabbitMQ management UI: http://localhost:15672 (guest/guest), vhost "stompgate"
   metrics: http://localhost:${port}/metrics   readiness: http://localhost:${port}/readyz
 
