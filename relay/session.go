@@ -366,6 +366,10 @@ func (s *Session) brokerLost(err error) {
 	case errors.Is(err, broker.ErrFrameTooLarge):
 		// The broker is fine; this session cannot take the message.
 		s.close(ReasonFrameTooLarge, "a message from the broker is larger than EDGE_BROKER_MAX_FRAME_BYTES")
+	case errors.Is(err, broker.ErrBusy):
+		// A capacity cap (EDGE_MAX_DEDICATED, a broker that blocks
+		// publishers): the broker is fine, readiness is left alone.
+		s.close(ReasonBrokerBusy, "the edge has no broker capacity left for this frame; retry later")
 	default:
 		if !s.out.Closing() {
 			s.env.brokerFailed(err)
