@@ -44,6 +44,7 @@ js-test:
 
 e2e: build
 	@bash scripts/browser.sh
+	@bash scripts/nginx.sh
 	cd e2e && npm ci --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1
 
 ## bench: long benchmarks, not part of CI (see docs/BENCHMARKS.md)
