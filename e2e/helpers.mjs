@@ -196,26 +196,28 @@ export function freePort() {
 /**
  * Starts bin/edge on a free port against vhost and waits for "listening on".
  * Returns { port, httpURL, wsURL, secret, output(), metrics(), stop() }.
+ * port and secret, when given, restart an edge where clients already point
+ * (same URL, their tokens still valid).
  */
-export async function startEdge({ vhost, env = {}, origins = [] } = {}) {
+export async function startEdge({ vhost, env = {}, origins = [], port: fixedPort, secret } = {}) {
   if (!existsSync(EDGE_BIN)) {
     throw new Error(`${EDGE_BIN} is missing: run \`make build\` (or go build -o bin/ ./cmd/...) first`);
   }
   let lastErr;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
+    const port = fixedPort ?? (await freePort());
     try {
-      return await spawnEdge(port, vhost, env, origins);
+      return await spawnEdge(port, vhost, env, origins, secret);
     } catch (err) {
       lastErr = err;
       if (!/address already in use/.test(err.message)) throw err;
+      if (fixedPort) await sleep(300); // the previous edge on it is still closing
     }
   }
   throw lastErr;
 }
 
-async function spawnEdge(port, vhost, env, origins) {
-  const secret = 'e2e-' + randomBytes(24).toString('hex');
+async function spawnEdge(port, vhost, env, origins, secret = 'e2e-' + randomBytes(24).toString('hex')) {
   const listen = `127.0.0.1:${port}`;
   const childEnv = {
     PATH: process.env.PATH,

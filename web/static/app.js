@@ -66,7 +66,10 @@ function setStatus(state, text) {
 }
 
 function setConnected(on) {
-  $('text').disabled = $('sendBtn').disabled = !on || !room;
+  // Writing stays possible while reconnecting: send() keeps the message
+  // until the edge acknowledges it (shown as pending meanwhile).
+  $('text').disabled = $('sendBtn').disabled = !sg || !room;
+  $('log').dataset.connected = String(!!on);
   $('disconnect').disabled = !sg;
   $('connect').disabled = !!sg;
 }
@@ -227,7 +230,7 @@ function connect() {
     },
     onError: ({ code, message }) => {
       const [level, text] = explain[code] || ['bad', 'Error ' + code + '.'];
-      setBanner(level, text + (message && !explain[code] ? ' ' + message : ''), code);
+      setBanner(level, text + (message && (level === 'bad' || !explain[code]) ? ` (${message})` : ''), code);
     },
     onStop: () => {
       // Fatal: the banner already says why; offer a new connect.
