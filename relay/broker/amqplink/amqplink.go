@@ -123,6 +123,7 @@ type Broker struct {
 
 	mu        sync.Mutex
 	shared    map[sharedKey]*shared
+	upSignal  chan struct{} // closed (and replaced) when a link comes up
 	dedicated int
 	nextID    uint64
 }
@@ -144,7 +145,7 @@ func New(cfg Config) (*Broker, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), ctx: ctx, cancel: cancel,
-		shared: map[sharedKey]*shared{}}
+		shared: map[sharedKey]*shared{}, upSignal: make(chan struct{})}
 	for i := range cfg.Links {
 		l := newLink(b, i+1)
 		b.links = append(b.links, l)
@@ -167,24 +168,53 @@ func (b *Broker) Close() error {
 
 // Open attaches a session to the up link with the fewest sessions. It
 // makes no broker round-trip.
+//
+// While no link is up (the edge just started, or every link is
+// reconnecting) it waits up to Config.Timeout for one.
 func (b *Broker) Open(ctx context.Context, info broker.SessionInfo, sink broker.Sink) (broker.Session, error) {
+	var timeout <-chan time.Time
+	for {
+		b.mu.Lock()
+		var best *link
+		for _, l := range b.links {
+			if !l.isUp() {
+				continue
+			}
+			if best == nil || len(l.sessions) < len(best.sessions) {
+				best = l
+			}
+		}
+		if best != nil {
+			s := newSession(b, ctx, info, sink, best)
+			best.sessions[s] = struct{}{}
+			b.mu.Unlock()
+			return s, nil
+		}
+		up := b.upSignal
+		b.mu.Unlock()
+		if timeout == nil {
+			t := time.NewTimer(b.cfg.Timeout)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-up:
+		case <-timeout:
+			return nil, fmt.Errorf("%w: no shared link to the broker is up", broker.ErrUnavailable)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", broker.ErrUnavailable, ctx.Err())
+		case <-b.ctx.Done():
+			return nil, fmt.Errorf("%w: closed", broker.ErrUnavailable)
+		}
+	}
+}
+
+// linkUp wakes the Opens waiting for a link.
+func (b *Broker) linkUp() {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	var best *link
-	for _, l := range b.links {
-		if !l.isUp() {
-			continue
-		}
-		if best == nil || len(l.sessions) < len(best.sessions) {
-			best = l
-		}
-	}
-	if best == nil {
-		return nil, fmt.Errorf("%w: no shared link to the broker is up", broker.ErrUnavailable)
-	}
-	s := newSession(b, ctx, info, sink, best)
-	best.sessions[s] = struct{}{}
-	return s, nil
+	close(b.upSignal)
+	b.upSignal = make(chan struct{})
+	b.mu.Unlock()
 }
 
 // Probe fails while a shared link is down or the dedicated path fails its

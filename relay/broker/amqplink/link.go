@@ -163,11 +163,15 @@ func (l *link) serve(conn *amqp.Connection) error {
 	b.metrics.linksUp.Inc()
 	b.metrics.reconnected.Inc()
 	b.log.Info("shared broker link up", "link", l.n, "name", l.name())
+	b.linkUp()
 
 	var why error
 loop:
 	for {
 		select {
+		case <-b.ctx.Done():
+			why = errors.New("broker closed")
+			break loop
 		case e, ok := <-closed:
 			if ok && e != nil {
 				why = e
