@@ -29,7 +29,6 @@ import (
 	"github.com/stompgate/stompgate/internal/pgdb"
 	"github.com/stompgate/stompgate/internal/sched"
 	"github.com/stompgate/stompgate/relay"
-	"github.com/stompgate/stompgate/relay/broker/stompconn"
 	"github.com/stompgate/stompgate/revocation"
 	"github.com/stompgate/stompgate/web"
 )
@@ -93,18 +92,19 @@ func run(ctx context.Context, _ []string, getenv func(string) string, stdout io.
 		log.Warn("EDGE_DATABASE_URL not set: revocation and history are off")
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	brk, closeBroker, err := newBroker(cfg, reg, log)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	defer closeBroker()
 	srv := relay.NewServer(context.Background(), relay.Deps{
 		Config:   cfg,
 		Verifier: verifier,
 		Origins:  origins,
-		Broker: stompconn.New(stompconn.Config{
-			Addrs: cfg.BrokerAddrs, Login: cfg.BrokerLogin, Passcode: cfg.BrokerPasscode,
-			Vhost: cfg.BrokerVhost, Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout,
-			MaxFrameBytes: cfg.BrokerMaxFrameBytes,
-		}),
-		Metrics: relay.NewMetrics(reg),
-		Logger:  log,
-		Version: version,
+		Broker:   brk,
+		Metrics:  relay.NewMetrics(reg),
+		Logger:   log,
+		Version:  version,
 
 		Rules:       rules,
 		Revocations: revocations,
