@@ -161,6 +161,7 @@ function rig(opts = {}) {
     onState: (s, info) => events.states.push({ s, ...info }),
     onError: (e) => events.errors.push(e.code),
     onStop: (e) => events.stops.push(e.reason),
+    transport: 'websocket', // the SockJS fallback has tests of its own
     ...opts.client,
   });
   return { sg, clock, Stomp, stomp: () => Stomp.last, fetch, events };
@@ -245,6 +246,51 @@ describe('StompgateClient: reconnects', () => {
     st.serverClose(); // lost after CONNECTED: the edge admitted us, no probe
     await r.clock.advance(1);
     assert.equal(fetch.calls.length, 0);
+  });
+
+  it('falls back to SockJS after two admitted attempts fail before CONNECTED (a proxy strips Upgrade), and stays there', async () => {
+    const made = [];
+    class FakeSockJS {
+      constructor(url) {
+        made.push(url);
+      }
+    }
+    const fetch = fakeFetch(async () => ({ status: 400 })); // the edge would admit an upgrade
+    const r = rig({ fetch, random: () => 0, client: { SockJS: FakeSockJS, transport: 'auto' } });
+    await r.sg.start();
+    await flush();
+    assert.equal(r.stomp().webSocketFactory, undefined, 'WebSocket first');
+    r.stomp().serverClose();
+    await r.clock.advance(1);
+    assert.equal(r.sg.transport, 'websocket', 'one failure is not enough');
+    r.stomp().serverClose();
+    await r.clock.advance(1);
+    assert.equal(r.sg.transport, 'sockjs');
+    assert.ok(r.events.states.some((e) => e.reason === 'sockjs_fallback'));
+    assert.equal(typeof r.stomp().webSocketFactory, 'function');
+    r.stomp().webSocketFactory();
+    assert.deepEqual(made, ['http://edge.test:8080/sockjs']);
+    r.stomp().serverConnected({ 'user-name': 'alice' });
+    r.stomp().serverClose();
+    await r.clock.advance(1000);
+    assert.equal(r.sg.transport, 'sockjs', 'no flapping back to WebSocket');
+  });
+
+  it('a 503 or an unreachable edge never triggers the SockJS fallback; transport:websocket never does', async () => {
+    for (const [route, client] of [
+      [async () => ({ status: 503, headers: { 'Retry-After': '1' } }), { transport: 'auto' }],
+      [async () => { throw new TypeError('Failed to fetch'); }, { transport: 'auto' }],
+      [async () => ({ status: 400 }), { transport: 'websocket' }],
+    ]) {
+      const r = rig({ fetch: fakeFetch(route), random: () => 0, client });
+      await r.sg.start();
+      await flush();
+      for (let i = 0; i < 4; i++) {
+        r.stomp().serverClose();
+        await r.clock.advance(2000);
+      }
+      assert.equal(r.sg.transport, 'websocket');
+    }
   });
 
   it('a Retry-After above maxRetryAfterMs is capped', async () => {

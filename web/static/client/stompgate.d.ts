@@ -87,6 +87,19 @@ export interface StompgateOptions {
   receiptTimeoutMs?: number;
   /** HEAD /ws admission probe timeout, ms (default 3000). */
   probeTimeoutMs?: number;
+  /**
+   * 'auto' (default): WebSocket, switching to SockJS at sockjsPath for good
+   * after sockjsAfterFailures attempts in a row failed before CONNECTED
+   * while the edge answered the admission probe (a proxy that strips
+   * Upgrade). 'websocket' or 'sockjs' fix the transport.
+   */
+  transport?: 'auto' | 'websocket' | 'sockjs';
+  /** SockJS endpoint path (default '/sockjs'). */
+  sockjsPath?: string;
+  /** Admitted-but-failed attempts before the SockJS fallback (default 2). */
+  sockjsAfterFailures?: number;
+  /** The SockJS class (default: the sockjs-client bundle served beside the helper). */
+  SockJS?: new (url: string) => unknown;
   /** /api/history page size, 1–1000 (default 500). */
   historyPageSize?: number;
   /** A hole the stream does not fill within this is fetched from history, ms (default 300). */

@@ -49,6 +49,13 @@ const DEFAULTS = Object.freeze({
   historyPageSize: 500, // /api/history limit per request (≤ 1000)
   holeWaitMs: 300, // a hole not filled by the stream itself within this is fetched
   maxOutbox: 200, // unacknowledged send()s kept across reconnects
+  // 'auto': WebSocket, switching to SockJS (/sockjs) for good after
+  // sockjsAfterFailures attempts in a row that failed before CONNECTED
+  // while the edge said it would admit them (a proxy that strips Upgrade).
+  // 'websocket' or 'sockjs' fix the transport.
+  transport: 'auto',
+  sockjsPath: '/sockjs',
+  sockjsAfterFailures: 2,
 });
 
 // ------------------------------------------------------------ pure logic
@@ -563,6 +570,14 @@ function defaultURL() {
   return (loc.protocol === 'https:' ? 'wss://' : 'ws://') + loc.host + '/ws';
 }
 
+async function loadSockJS() {
+  if (globalThis.SockJS) return globalThis.SockJS;
+  // The UMD bundle served beside this module (sockjs-client) sets globalThis.SockJS.
+  await import(new URL('./sockjs.min.js', import.meta.url).href);
+  if (!globalThis.SockJS) throw new Error('stompgate: sockjs-client did not load');
+  return globalThis.SockJS;
+}
+
 async function loadStompClient() {
   if (globalThis.StompJs?.Client) return globalThis.StompJs.Client;
   // The UMD bundle served beside this module sets globalThis.StompJs.
@@ -583,6 +598,11 @@ export class StompgateClient {
     const u = new URL(this.url);
     this.httpURL = (o.httpURL || (u.protocol === 'wss:' ? 'https://' : 'http://') + u.host).replace(/\/$/, '');
     this.probeURL = this.httpURL + u.pathname;
+    this.sockjsURL = this.httpURL + o.sockjsPath;
+    this.SockJS = o.SockJS || null;
+    this.transport = o.transport === 'sockjs' ? 'sockjs' : 'websocket'; // the one in use
+    this._admittedFailures = 0; // attempts in a row that failed although the edge would admit them
+    this._lastProbe = null; // status of the last admission probe (null: no answer)
     this.token = o.token || '';
     this.getToken = o.getToken || null;
     this.Client = o.Client || null;
@@ -689,6 +709,7 @@ export class StompgateClient {
     if (next.probe) {
       const retryAfter = await this.probeAdmission();
       if (retryAfter != null) delayMs = Math.max(delayMs, Math.min(retryAfter, this.opts.maxRetryAfterMs));
+      this._maybeFallBack();
     }
     if (this.stopped) return;
     if (next.reason !== 'start') this._setState('reconnecting', { delayMs, attempt: this._failures, reason: next.reason });
@@ -710,6 +731,16 @@ export class StompgateClient {
     if (this.stopped) {
       this.stomp?.deactivate();
       return;
+    }
+    if (this.transport === 'sockjs' && !this.stomp.webSocketFactory) {
+      try {
+        const SockJS = this.SockJS || (await loadSockJS());
+        this.stomp.webSocketFactory = () => new SockJS(this.sockjsURL);
+      } catch (err) {
+        this._error('sockjs_unavailable', err.message);
+        this.transport = 'websocket';
+        this.opts = { ...this.opts, transport: 'websocket' }; // no second try
+      }
     }
     this._attempt = { connected: false, code: null };
     this.stomp.connectHeaders = this.token ? { Authorization: 'Bearer ' + this.token } : {};
@@ -735,17 +766,38 @@ export class StompgateClient {
       const ctl = typeof AbortController === 'function' ? new AbortController() : null;
       timer = this._setTimeout(() => ctl?.abort(), this.opts.probeTimeoutMs);
       const res = await this.fetch(this.probeURL, { method: 'HEAD', cache: 'no-store', credentials: 'omit', signal: ctl?.signal });
+      this._lastProbe = res.status;
       if (res.status !== 503) return null;
       return parseRetryAfter(res.headers.get('Retry-After'), this.now()) ?? null;
     } catch {
+      this._lastProbe = null;
       return null;
     } finally {
       this._clearTimeout(timer);
     }
   }
 
+  /**
+   * In 'auto' mode, switches to SockJS after sockjsAfterFailures attempts
+   * in a row that failed before CONNECTED although the edge answered the
+   * probe with something other than 503: the upgrade itself does not get
+   * through (a proxy that strips Upgrade).
+   */
+  _maybeFallBack() {
+    if (this.opts.transport !== 'auto' || this.transport === 'sockjs') return;
+    if (this._lastProbe == null || this._lastProbe === 503) {
+      this._admittedFailures = 0;
+      return;
+    }
+    if (++this._admittedFailures >= this.opts.sockjsAfterFailures) {
+      this.transport = 'sockjs';
+      this._setState('reconnecting', { delayMs: 0, attempt: this._failures, reason: 'sockjs_fallback' });
+    }
+  }
+
   _onConnect(frame) {
     this._attempt = { ...(this._attempt || {}), connected: true };
+    this._admittedFailures = 0;
     this._connectedAt = this.now();
     this.user = frame.headers['user-name'] || null;
     this._setState('connected', { user: this.user });
