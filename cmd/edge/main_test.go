@@ -61,7 +61,7 @@ func TestRunServesAndDrains(t *testing.T) {
 			t.Errorf("thread %d runs under %s, want batch", tid, p)
 		}
 	}
-	for path, want := range map[string]string{"/healthz": "ok", "/sockjs/info": `"websocket":true`, "/readyz": `"revocations":"ok"`, "/metrics": "stompgate_sessions_active", "/": "stompgate demo chat"} {
+	for path, want := range map[string]string{"/healthz": "ok", "/sockjs/info": `"websocket":true`, "/readyz": `"revocations":"ok"`, "/metrics": "stompgate_sessions_active", "/": "<title>stompgate chat"} {
 		testenv.WaitFor(t, 10*time.Second, func() error {
 			resp, err := http.Get("http://" + addr + path)
 			if err != nil {
