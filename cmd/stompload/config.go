@@ -39,6 +39,7 @@ type options struct {
 	Warmup      time.Duration // --warmup, unmeasured time before it, default 2s
 	Drain       time.Duration // --drain, wait for in-flight messages after publishing stops, default 2s
 	Pairs       int           // --pairs, publisher/subscriber pairs, each on its own two connections, default 1
+	Fanout      int           // --fanout, subscriber connections per pair (rate mode), default 1; subscriber j>0 of pair i is user <user>-<i>.<j>
 	User        string        // --user, JWT subject prefix; pair i is <user>-<i>; default stompload-<run-id>
 	RunID       string        // --run-id, default random
 	Timeout     time.Duration // --connect-timeout, per connection (upgrade + CONNECT + SUBSCRIBE receipt), default 10s
@@ -70,6 +71,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (opti
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "unmeasured warm-up before the measured duration")
 	fs.DurationVar(&c.Drain, "drain", 2*time.Second, "how long to wait for in-flight messages at the end")
 	fs.IntVar(&c.Pairs, "pairs", 1, "publisher/subscriber pairs, each on its own connections")
+	fs.IntVar(&c.Fanout, "fanout", 1, "subscriber connections per pair, all on the pair's destination (rate mode): 1 publisher to N subscribers")
 	fs.StringVar(&c.User, "user", "", "JWT subject prefix (default stompload-<run-id>)")
 	fs.StringVar(&c.RunID, "run-id", "", "run id used in names (default random)")
 	fs.DurationVar(&c.Timeout, "connect-timeout", 10*time.Second, "timeout to set up each connection")
@@ -150,6 +152,11 @@ func (c options) validate() error {
 	}
 	if c.Pairs < 1 || c.Pairs > 5000 {
 		bad("--pairs must be between 1 and 5000")
+	}
+	if c.Fanout < 1 || c.Fanout > 20000 {
+		bad("--fanout must be between 1 and 20000")
+	} else if c.Fanout > 1 && c.Mode != ModeRate {
+		bad("--fanout above 1 needs --mode rate (a closed loop counts one receiver per message)")
 	}
 	if !strings.HasPrefix(c.Dest, "/") || strings.ContainsAny(c.Dest, "\n\r:\x00") {
 		bad("--dest %q is not a STOMP destination", c.Dest)

@@ -75,7 +75,8 @@ type pair struct {
 	i    int
 	dest string
 	pub  *stompws.Conn
-	sub  *stompws.Conn
+	sub  *stompws.Conn   // the first subscriber: the closed loop's
+	subs []*stompws.Conn // every subscriber (--fanout), sub first
 
 	// Closed mode: outstanding counts messages sent and not yet received.
 	// The publisher tops it up to Inflight in one flush; the subscriber
@@ -103,8 +104,8 @@ func (l *load) run(ctx context.Context) (*result, error) {
 	pairs, err := l.connect(ctx)
 	defer func() {
 		for _, p := range pairs {
-			if p.sub != nil {
-				p.sub.Close()
+			for _, s := range p.subs {
+				s.Close()
 			}
 		}
 	}()
@@ -125,8 +126,10 @@ func (l *load) run(ctx context.Context) (*result, error) {
 
 	var subs, pubs sync.WaitGroup
 	for _, p := range pairs {
-		subs.Add(1)
-		go func() { defer subs.Done(); l.subscribe(p) }()
+		for _, conn := range p.subs {
+			subs.Add(1)
+			go func() { defer subs.Done(); l.subscribe(p, conn) }()
+		}
 		if c.Mode == ModeClosed {
 			pubs.Add(1)
 			go func() { defer pubs.Done(); l.publishClosed(runCtx, p) }()
@@ -144,7 +147,9 @@ func (l *load) run(ctx context.Context) (*result, error) {
 	}
 	l.drain(ctx)
 	for _, p := range pairs {
-		_ = p.sub.Disconnect(time.Second)
+		for _, conn := range p.subs {
+			_ = conn.Disconnect(time.Second)
+		}
 	}
 	subs.Wait()
 	return l.result(), nil
@@ -179,9 +184,22 @@ func (l *load) connect(ctx context.Context) ([]*pair, error) {
 				return
 			}
 			p.sub = sub
+			p.subs = append(p.subs, sub)
 			if err := subscribe(ctx, sub, p.dest, c.Timeout); err != nil {
 				errs[i] = fmt.Errorf("pair %d: %w", i, err)
 				return
+			}
+			for j := 1; j < c.Fanout; j++ {
+				extra, err := dial(ctx, c, user+"."+strconv.Itoa(j), i)
+				if err != nil {
+					errs[i] = fmt.Errorf("pair %d subscriber %d: %w", i, j, err)
+					return
+				}
+				p.subs = append(p.subs, extra)
+				if err := subscribe(ctx, extra, p.dest, c.Timeout); err != nil {
+					errs[i] = fmt.Errorf("pair %d subscriber %d: %w", i, j, err)
+					return
+				}
 			}
 			pub, err := dial(ctx, c, user, i)
 			if err != nil {
@@ -296,13 +314,15 @@ func (l *load) pace(ctx context.Context, pairs []*pair) {
 	}
 }
 
-// subscribe reads p's subscriber connection until it is closed.
-func (l *load) subscribe(p *pair) {
+// subscribe reads one of p's subscriber connections until it is closed;
+// only the first (p.sub) drives the closed loop.
+func (l *load) subscribe(p *pair, conn *stompws.Conn) {
 	wakeAt := int64(l.cfg.Inflight) - refill(l.cfg.Inflight)
-	err := p.sub.ReadLoop(func(f *frame.Frame, _ bool) error {
-		return l.received1(p, f)
+	first := conn == p.sub
+	err := conn.ReadLoop(func(f *frame.Frame, _ bool) error {
+		return l.received1(p, f, first)
 	}, func() {
-		if p.released && p.outstanding.Load() <= wakeAt {
+		if first && p.released && p.outstanding.Load() <= wakeAt {
 			p.released = false
 			select {
 			case p.wake <- struct{}{}:
@@ -319,8 +339,9 @@ func (l *load) subscribe(p *pair) {
 	}
 }
 
-// received1 accounts for one frame read by p's subscriber.
-func (l *load) received1(p *pair, f *frame.Frame) error {
+// received1 accounts for one frame read by one of p's subscribers; first
+// says it is the one that drives the closed loop.
+func (l *load) received1(p *pair, f *frame.Frame, first bool) error {
 	now := time.Since(l.start)
 	switch f.Command {
 	case frame.MESSAGE:
@@ -335,8 +356,10 @@ func (l *load) received1(p *pair, f *frame.Frame) error {
 		return nil
 	}
 	l.received.Add(1)
-	p.outstanding.Add(-1)
-	p.released = true
+	if first {
+		p.outstanding.Add(-1)
+		p.released = true
+	}
 	if now >= l.warmupEnd && now < l.measureEnd {
 		l.measured.Add(1)
 	}
@@ -419,7 +442,7 @@ func (l *load) progress(ctx context.Context) {
 // drain waits until every sent message has been received, or Drain passes.
 func (l *load) drain(ctx context.Context) {
 	deadline := time.Now().Add(l.cfg.Drain)
-	for l.received.Load() < l.sent.Load() && time.Now().Before(deadline) && ctx.Err() == nil {
+	for l.received.Load() < l.sent.Load()*int64(l.cfg.Fanout) && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -13,6 +13,7 @@ type result struct {
 	URL        string  `json:"url"`
 	Mode       Mode    `json:"mode"`
 	Pairs      int     `json:"pairs"`
+	Fanout     int     `json:"fanout"` // subscribers per pair: every message is received Fanout times
 	Size       int     `json:"size"`
 	Inflight   int     `json:"inflight,omitempty"`
 	Rate       float64 `json:"rate,omitempty"` // target msgs/s, rate mode
@@ -41,7 +42,7 @@ type latency struct {
 func (l *load) result() *result {
 	c := l.cfg
 	r := &result{
-		URL: c.URL, Mode: c.Mode, Pairs: c.Pairs, Size: c.Size,
+		URL: c.URL, Mode: c.Mode, Pairs: c.Pairs, Fanout: c.Fanout, Size: c.Size,
 		DurationS: c.Duration.Seconds(), WarmupS: c.Warmup.Seconds(),
 		Sent: l.sent.Load(), Received: l.received.Load(), Measured: l.measured.Load(),
 		Errors: l.errs.Load(),
@@ -51,7 +52,7 @@ func (l *load) result() *result {
 	} else {
 		r.Rate = c.Rate
 	}
-	r.Lost = max(r.Sent-r.Received, 0)
+	r.Lost = max(r.Sent*int64(max(c.Fanout, 1))-r.Received, 0)
 	r.Throughput = math.Round(float64(r.Measured)/c.Duration.Seconds()*10) / 10
 	l.errMu.Lock()
 	if l.firstErr != nil {
@@ -80,8 +81,8 @@ func (r *result) write(w io.Writer) error {
 	if r.Mode == ModeRate {
 		pace = fmt.Sprintf("%.0f msgs/s target", r.Rate)
 	}
-	fmt.Fprintf(w, "\n%s  mode=%s (%s)  pairs=%d  body=%d B  duration=%gs after %gs warm-up\n",
-		r.URL, r.Mode, pace, r.Pairs, r.Size, r.DurationS, r.WarmupS)
+	fmt.Fprintf(w, "\n%s  mode=%s (%s)  pairs=%d  fanout=%d  body=%d B  duration=%gs after %gs warm-up\n",
+		r.URL, r.Mode, pace, r.Pairs, r.Fanout, r.Size, r.DurationS, r.WarmupS)
 	fmt.Fprintf(w, "throughput  %.1f msgs/s (%d messages received in the measured window)\n", r.Throughput, r.Measured)
 	fmt.Fprintf(w, "latency     p50 %.3f ms  p95 %.3f ms  p99 %.3f ms  p99.9 %.3f ms  max %.3f ms  (%d samples)\n",
 		r.Latency.P50, r.Latency.P95, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Count)

@@ -44,6 +44,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"runtime"
 	"sync"
 	"time"
 
@@ -120,6 +121,10 @@ type Broker struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	links   []*link
+	// flushers take parts of a large flush off a shared queue's reader;
+	// unbuffered: a reader hands over a part only when a flusher is free
+	// to take it (and waits for the parts it handed over).
+	flushers []chan flushJob
 
 	mu        sync.Mutex
 	shared    map[sharedKey]*shared
@@ -146,6 +151,12 @@ func New(cfg Config) (*Broker, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{cfg: cfg, log: cfg.Logger, metrics: newMetrics(cfg.Registerer), ctx: ctx, cancel: cancel,
 		shared: map[sharedKey]*shared{}, upSignal: make(chan struct{})}
+	for range runtime.GOMAXPROCS(0) - 1 {
+		ch := make(chan flushJob)
+		b.flushers = append(b.flushers, ch)
+		b.wg.Add(1)
+		go b.flusher(ch)
+	}
 	for i := range cfg.Links {
 		l := newLink(b, i+1)
 		b.links = append(b.links, l)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -279,10 +280,8 @@ func (sh *shared) read() {
 				break drain
 			}
 		}
-		for i, s := range touched {
-			s.sink.Idle()
-			touched[i] = nil
-		}
+		sh.b.flush(touched)
+		clear(touched)
 		touched = touched[:0]
 		_ = sh.ch.Ack(last, true)
 		if !ok {
@@ -447,4 +446,62 @@ func (e *encoder) tail(v stomp.Version) []byte {
 	t = append(t, 0)
 	e.tails[i] = t
 	return t
+}
+
+// flushChunk is the least number of touched sessions worth handing part
+// of a flush to another goroutine.
+const flushChunk = 64
+
+// flush calls Sink.Idle for every session in touched: the in-place flush
+// of each session's socket, a write system call each. With many sessions
+// the calls are spread over the flushers (one per CPU but the caller's),
+// so one shared queue's reader is not bound to one core; flush returns
+// when all are done, so a batch is flushed before the next is read.
+func (b *Broker) flush(touched []*session) {
+	if len(touched) < 2*flushChunk || len(b.flushers) == 0 {
+		for _, s := range touched {
+			s.sink.Idle()
+		}
+		return
+	}
+	parts := min(len(b.flushers)+1, len(touched)/flushChunk)
+	size := (len(touched) + parts - 1) / parts
+	var wg sync.WaitGroup
+	for i := 1; i < parts; i++ {
+		part := touched[i*size : min((i+1)*size, len(touched))]
+		wg.Add(1)
+		select {
+		case b.flushers[i-1] <- flushJob{sessions: part, wg: &wg}:
+		case <-b.ctx.Done():
+			for _, s := range part {
+				s.sink.Idle()
+			}
+			wg.Done()
+		}
+	}
+	for _, s := range touched[:size] {
+		s.sink.Idle()
+	}
+	wg.Wait()
+}
+
+type flushJob struct {
+	sessions []*session
+	wg       *sync.WaitGroup
+}
+
+// flusher runs Idle for the jobs it is handed until the broker closes.
+func (b *Broker) flusher(jobs <-chan flushJob) {
+	defer b.wg.Done()
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case j := <-jobs:
+			for _, s := range j.sessions {
+				s.sink.Idle()
+			}
+			j.wg.Done()
+		}
+	}
 }
