@@ -24,6 +24,10 @@ func TestLoadPersisterDefaults(t *testing.T) {
 		c.SchedPolicy != "batch" {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
+	if !c.Archive || !c.Journal || c.JournalExchange != "stompgate.ingest" || c.JournalQueue != "stompgate.ingest" ||
+		c.JournalBatchSize != 500 || c.JournalScanInterval != 5*time.Second || c.JournalLockPoll != 250*time.Millisecond {
+		t.Fatalf("unexpected journal defaults: %+v", c)
+	}
 }
 
 func TestLoadPersisterValues(t *testing.T) {
@@ -37,6 +41,14 @@ func TestLoadPersisterValues(t *testing.T) {
 		"PERSIST_DLQ":            "d",
 		"LOG_FORMAT":             "json",
 		"PERSIST_METRICS_LISTEN": "127.0.0.1:0",
+
+		"PERSIST_ARCHIVE":               "false",
+		"PERSIST_JOURNAL":               "true",
+		"PERSIST_JOURNAL_EXCHANGE":      "my.ingest",
+		"PERSIST_JOURNAL_QUEUE":         "my.ingest.q",
+		"PERSIST_JOURNAL_BATCH_SIZE":    "50",
+		"PERSIST_JOURNAL_SCAN_INTERVAL": "1s",
+		"PERSIST_JOURNAL_LOCK_POLL":     "20ms",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +57,10 @@ func TestLoadPersisterValues(t *testing.T) {
 		c.WriteMode != WriteModeInsert || c.Queue != "q" || c.DLX != "x" || c.DLQ != "d" || c.LogFormat != "json" ||
 		c.MetricsListen != "127.0.0.1:0" {
 		t.Fatalf("unexpected: %+v", c)
+	}
+	if c.Archive || !c.Journal || c.JournalExchange != "my.ingest" || c.JournalQueue != "my.ingest.q" ||
+		c.JournalBatchSize != 50 || c.JournalScanInterval != time.Second || c.JournalLockPoll != 20*time.Millisecond {
+		t.Fatalf("unexpected journal values: %+v", c)
 	}
 }
 
@@ -69,6 +85,21 @@ func TestLoadPersisterErrors(t *testing.T) {
 		{map[string]string{"LOG_FORMAT": "xml"}, []string{"LOG_FORMAT"}},
 		{map[string]string{"PERSIST_WRITERS": "17"}, []string{"PERSIST_WRITERS"}},
 		{map[string]string{"PERSIST_WRITERS": "8", "PERSIST_DB_MAX_CONNS": "4"}, []string{"PERSIST_DB_MAX_CONNS"}},
+		// The journal's settings.
+		{map[string]string{"PERSIST_JOURNAL": "maybe"}, []string{"PERSIST_JOURNAL"}},
+		{map[string]string{"PERSIST_ARCHIVE": "nope"}, []string{"PERSIST_ARCHIVE"}},
+		{map[string]string{"PERSIST_JOURNAL": "false", "PERSIST_ARCHIVE": "false"}, []string{"PERSIST_JOURNAL", "PERSIST_ARCHIVE"}},
+		{map[string]string{"PERSIST_JOURNAL_EXCHANGE": "amq.topic"}, []string{"PERSIST_JOURNAL_EXCHANGE"}},
+		{map[string]string{"PERSIST_JOURNAL_QUEUE": "amq.q"}, []string{"PERSIST_JOURNAL_QUEUE"}},
+		{map[string]string{"PERSIST_JOURNAL_QUEUE": "stompgate.archive"}, []string{"PERSIST_JOURNAL_QUEUE"}},
+		{map[string]string{"PERSIST_JOURNAL_QUEUE": "stompgate.archive.dlq"}, []string{"PERSIST_JOURNAL_QUEUE"}},
+		{map[string]string{"PERSIST_JOURNAL_BATCH_SIZE": "0"}, []string{"PERSIST_JOURNAL_BATCH_SIZE"}},
+		{map[string]string{"PERSIST_JOURNAL_BATCH_SIZE": "10001"}, []string{"PERSIST_JOURNAL_BATCH_SIZE"}},
+		{map[string]string{"PERSIST_JOURNAL_BATCH_SIZE": "lots"}, []string{"PERSIST_JOURNAL_BATCH_SIZE"}},
+		{map[string]string{"PERSIST_JOURNAL_SCAN_INTERVAL": "5"}, []string{"PERSIST_JOURNAL_SCAN_INTERVAL"}},
+		{map[string]string{"PERSIST_JOURNAL_SCAN_INTERVAL": "1ms"}, []string{"PERSIST_JOURNAL_SCAN_INTERVAL"}},
+		{map[string]string{"PERSIST_JOURNAL_LOCK_POLL": "0s"}, []string{"PERSIST_JOURNAL_LOCK_POLL"}},
+		{map[string]string{"PERSIST_JOURNAL_LOCK_POLL": "soon"}, []string{"PERSIST_JOURNAL_LOCK_POLL"}},
 		// Every problem is reported together.
 		{map[string]string{"PERSIST_BATCH_SIZE": "-1", "PERSIST_WRITE_MODE": "x", "PERSIST_DELIVERY_LIMIT": "0"},
 			[]string{"PERSIST_BATCH_SIZE", "PERSIST_WRITE_MODE", "PERSIST_DELIVERY_LIMIT"}},
