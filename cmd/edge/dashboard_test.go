@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -239,27 +238,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 		"EDGE_BROKER_LOGIN": "guest", "EDGE_BROKER_PASSCODE": "guest", "EDGE_BROKER_VHOST": vhost,
 		"EDGE_DATABASE_URL": dbURL, "EDGE_DRAIN_DELAY": "0s", "EDGE_DRAIN_PERIOD": "0s",
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	out := &testenv.SyncBuffer{}
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("run did not return after cancel")
-		}
-	}()
-	var addr string
-	testenv.WaitFor(t, 20*time.Second, func() error {
-		m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String())
-		if m == nil {
-			return fmt.Errorf("not listening yet: %s", out.String())
-		}
-		addr = m[1]
-		return nil
-	})
+	addr := startRun(t, env)
 	edge := exported{}
 	edge.addScrape(t, "http://"+addr+"/metrics")
 	r := newRecorder()

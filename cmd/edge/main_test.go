@@ -103,3 +103,35 @@ func TestRunServesAndDrains(t *testing.T) {
 		t.Fatal("run did not return after cancel")
 	}
 }
+
+// startRun runs the edge's run() with env until the test ends (then it
+// cancels and waits for run to return without error) and returns the
+// address it listens on.
+func startRun(t *testing.T, env map[string]string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &testenv.SyncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("run did not return after cancel")
+		}
+	})
+	var addr string
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String())
+		if m == nil {
+			return fmt.Errorf("not listening yet: %s", out.String())
+		}
+		addr = m[1]
+		return nil
+	})
+	return addr
+}

@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -89,30 +88,7 @@ func TestRunServesTLS(t *testing.T) {
 		"EDGE_BROKER_LOGIN": "guest", "EDGE_BROKER_PASSCODE": "guest", "EDGE_BROKER_VHOST": vhost,
 		"EDGE_DRAIN_DELAY": "0s", "EDGE_DRAIN_PERIOD": "0s",
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	out := &testenv.SyncBuffer{}
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, out) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Error(err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("run did not return after cancel")
-		}
-	}()
-	var addr string
-	testenv.WaitFor(t, 20*time.Second, func() error {
-		m := regexp.MustCompile(`listening on (\S+)`).FindStringSubmatch(out.String())
-		if m == nil {
-			return fmt.Errorf("not listening yet: %s", out.String())
-		}
-		addr = m[1]
-		return nil
-	})
+	addr := startRun(t, env)
 	tlsConf := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConf, DisableKeepAlives: true}}
 	testenv.WaitFor(t, 10*time.Second, func() error {
