@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,12 +23,18 @@ const journalLockID int64 = 0x73746f6d706a726e
 
 // Bounds of the journal's single operations.
 const (
-	broadcastTimeout = 30 * time.Second       // publishing a run of messages until every confirm is in
+	broadcastTimeout = 30 * time.Second       // from publishing a run of messages until its last confirm
 	catchUpRows      = 1000                   // rows read per stream per catch-up query
 	catchUpRounds    = 10                     // catch-up queries per wake-up; more waits for the next one
-	batchGap         = 200 * time.Microsecond // a batch closes when no delivery follows within this
-	batchWindow      = 2 * time.Millisecond   // and at the latest this long after its first delivery
+	markInterval     = 100 * time.Millisecond // how often confirmed broadcasts of idle streams are recorded
 )
+
+// maxInflight is how many published runs (a batch's broadcasts, a
+// catch-up) may await their confirms at once. The leader writes the next
+// batch meanwhile; when this many are outstanding it takes no deliveries
+// until the oldest is confirmed. The prefetch (2 × batch size) bounds the
+// messages they hold as well.
+const maxInflight = 8
 
 // notifyBuffer is how many stream notifications wait for the leader while
 // it writes a batch. When full, the listener drops them and asks for a
@@ -41,8 +48,11 @@ var errLostLead = errors.New("journal leader connection lost")
 // Journal persists, then broadcasts (SPEC §6): it consumes the journal
 // queue, gives each message the next gapless seq of its stream (its
 // routing key) in the transaction that stores it, commits, publishes it
-// to amq.topic under publisher confirms, records the broadcast
-// (stompgate_streams.broadcast_seq) and only then acks. It also
+// to amq.topic under publisher confirms and acks once they are in; it
+// writes the next batch while confirms are outstanding (at most
+// maxInflight runs). Confirmed broadcasts are recorded in
+// stompgate_streams.broadcast_seq lazily (a restart hint: at-least-once
+// broadcast). It also
 // broadcasts what applications commit with stompgate_publish (on NOTIFY
 // stompgate_journal, and a periodic scan), in seq order with the rest.
 //
@@ -110,10 +120,30 @@ type leader struct {
 	amqp    *amqp.Connection
 	consume *amqp.Channel
 	publish *amqp.Channel
-	// marked is the highest seq per stream this leader saw confirmed;
-	// unmarked holds those not yet recorded in broadcast_seq.
-	marked, unmarked map[string]int64
-	rescan           atomic.Bool // set by the listener when notes overflowed
+	// published is the highest seq per stream this leader has published
+	// (confirmed or not); what it broadcasts next on a stream starts
+	// above it. On one channel, in this order, so subscribers see seq
+	// order.
+	published map[string]int64
+	// unmarked holds, per stream, the highest confirmed seq not yet
+	// recorded in broadcast_seq.
+	unmarked map[string]int64
+	// inflight are the published runs whose confirms are outstanding,
+	// oldest first; they are settled (acked) in this order.
+	inflight []*flight
+	rescan   atomic.Bool // set by the listener when notes overflowed
+}
+
+// flight is one published run awaiting its confirms, with the deliveries
+// to settle once they are in.
+type flight struct {
+	ctx      context.Context // broadcastTimeout from publishing
+	cancel   context.CancelFunc
+	confirms []*amqp.DeferredConfirmation
+	next     int              // confirms[:next] are in
+	high     map[string]int64 // highest seq per stream in the run
+	ds       []amqp.Delivery  // acked (up to the last) once confirmed
+	reasons  map[int]string   // index in ds → why it is dead-lettered
 }
 
 func (j *Journal) connectDB(ctx context.Context, app string) (*pgx.Conn, error) {
@@ -166,7 +196,7 @@ func (j *Journal) lead(ctx context.Context) error {
 	j.metrics.Leader.Set(1)
 	defer j.metrics.Leader.Set(0)
 
-	l := &leader{j: j, db: db, marked: map[string]int64{}, unmarked: map[string]int64{}}
+	l := &leader{j: j, db: db, published: map[string]int64{}, unmarked: map[string]int64{}}
 
 	// LISTEN before the first scan, so that nothing committed in between
 	// is missed.
@@ -217,6 +247,8 @@ func (j *Journal) lead(ctx context.Context) error {
 	j.log.Info("journal consuming", "queue", j.cfg.JournalQueue, "exchange", j.cfg.JournalExchange)
 	scan := time.NewTicker(j.cfg.JournalScanInterval)
 	defer scan.Stop()
+	mark := time.NewTicker(markInterval)
+	defer mark.Stop()
 	closedErr := func(e *amqp.Error, what string) error {
 		if e == nil {
 			return fmt.Errorf("%s closed", what)
@@ -224,6 +256,17 @@ func (j *Journal) lead(ctx context.Context) error {
 		return fmt.Errorf("%s closed: %w", what, e)
 	}
 	for {
+		// Wake up for the oldest run's next confirm (or its deadline);
+		// take deliveries only while fewer than maxInflight are out.
+		var confirmed, expired <-chan struct{}
+		if len(l.inflight) > 0 {
+			h := l.inflight[0]
+			confirmed, expired = h.confirms[h.next].Done(), h.ctx.Done()
+		}
+		in := deliveries
+		if len(l.inflight) >= maxInflight {
+			in = nil
+		}
 		select {
 		case <-ctx.Done():
 			return l.drain(ctx, tag, deliveries)
@@ -235,6 +278,16 @@ func (j *Journal) lead(ctx context.Context) error {
 			return closedErr(e, "publish channel")
 		case err := <-listenErr:
 			return fmt.Errorf("journal listener: %w", err)
+		case <-confirmed:
+			if err := l.settle(ctx, len(l.inflight)); err != nil {
+				return err
+			}
+		case <-expired:
+			return errors.New("broadcast: confirms not in within " + broadcastTimeout.String())
+		case <-mark.C:
+			if err := l.mark(ctx); err != nil {
+				return err
+			}
 		case s := <-notes:
 			set := map[string]bool{s: true}
 			for more := true; more && len(set) < notifyBuffer; {
@@ -259,36 +312,42 @@ func (j *Journal) lead(ctx context.Context) error {
 			if err := l.catchUp(ctx, nil); err != nil {
 				return err
 			}
-		case d, ok := <-deliveries:
+		case d, ok := <-in:
 			if !ok {
 				return errors.New("journal consumer cancelled by the broker")
 			}
-			// Take what follows within batchGap of the previous one (at
-			// most batchWindow in all): deliveries trickle in one by one.
-			batch := []amqp.Delivery{d}
-			window := time.NewTimer(batchWindow)
-			for more := true; more && len(batch) < j.cfg.JournalBatchSize; {
-				gap := time.NewTimer(batchGap)
-				select {
-				case d, ok := <-deliveries:
-					if !ok {
-						more = false
-						break
-					}
-					batch = append(batch, d)
-				case <-gap.C:
-					more = false
-				case <-window.C:
-					more = false
-				}
-				gap.Stop()
-			}
-			window.Stop()
+			batch := collect(d, deliveries, j.cfg.JournalBatchSize)
 			if err := l.process(ctx, batch); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// collect returns first and what else has arrived on deliveries, at most
+// size in all, without waiting: the batch is what piled up while the
+// previous one was written. amqp091 hands deliveries over one at a time
+// from its own goroutine, so an empty channel gets one yield to let that
+// goroutine offer the next before the batch closes.
+func collect(first amqp.Delivery, deliveries <-chan amqp.Delivery, size int) []amqp.Delivery {
+	batch := []amqp.Delivery{first}
+	for yielded := false; len(batch) < size; {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return batch // the caller sees the closed channel next
+			}
+			batch, yielded = append(batch, d), false
+			continue
+		default:
+		}
+		if yielded {
+			return batch
+		}
+		runtime.Gosched()
+		yielded = true
+	}
+	return batch
 }
 
 // drain stops the consumer and settles what was already delivered.
@@ -311,8 +370,14 @@ func (l *leader) drain(ctx context.Context, tag string, deliveries <-chan amqp.D
 		}
 	}
 	if len(batch) > 0 {
-		_ = l.process(dctx, batch)
+		if err := l.process(dctx, batch); err != nil {
+			return nil
+		}
 	}
+	if err := l.settle(dctx, 0); err != nil {
+		return nil
+	}
+	_ = l.mark(dctx) // a mark not recorded only means a re-broadcast after a takeover
 	return nil
 }
 
@@ -391,7 +456,7 @@ func (l *leader) process(ctx context.Context, ds []amqp.Delivery) error {
 		start := time.Now()
 		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 		var err error
-		res, err = writeJournal(wctx, l.db, rows)
+		res, err = writeJournal(wctx, l.db, rows, l.unmarked)
 		cancel()
 		if err == nil {
 			j.metrics.BatchDuration.Observe(time.Since(start).Seconds())
@@ -411,6 +476,9 @@ func (l *leader) process(ctx context.Context, ds []amqp.Delivery) error {
 		case <-time.After(wait):
 		}
 	}
+	for s := range res.streams {
+		delete(l.unmarked, s) // recorded by the batch's transaction
+	}
 	for _, rj := range res.rejected {
 		reasons[idx[rj.Index]] = rj.Reason
 	}
@@ -418,11 +486,11 @@ func (l *leader) process(ctx context.Context, ds []amqp.Delivery) error {
 	j.metrics.Duplicates.Add(float64(res.dups))
 
 	// Broadcast, per stream in seq order: first what was committed
-	// before this batch and is not broadcast yet (stompgate_publish rows,
+	// before this batch and is not published yet (stompgate_publish rows,
 	// a crashed leader's rows, duplicates' rows), then this batch's rows.
 	var older []pendingRange
 	for s, st := range res.streams {
-		if b := max(st.broadcast, l.marked[s]); b < st.last {
+		if b := max(st.broadcast, l.published[s]); b < st.last {
 			older = append(older, pendingRange{stream: s, after: b, upto: st.last})
 		}
 	}
@@ -458,14 +526,121 @@ func (l *leader) process(ctx context.Context, ds []amqp.Delivery) error {
 			ContentType: r.ContentType, Headers: r.Headers, Body: r.Body, PublishedAt: r.PublishedAt})
 	}
 	j.metrics.RowsWritten.Add(float64(inserted))
-	if err := l.broadcast(ctx, entries); err != nil {
-		return err
-	}
-	if err := l.mark(ctx); err != nil {
-		return err
-	}
+	// Published now, acked once confirmed (settle); the next batch is
+	// written meanwhile.
+	return l.broadcast(ctx, entries, ds, reasons)
+}
 
-	// Dead letters, then one ack for the batch.
+// catchUp broadcasts what is committed but not broadcast yet on streams
+// (every stream when nil), in seq order.
+func (l *leader) catchUp(ctx context.Context, streams []string) error {
+	for range catchUpRounds {
+		qctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		entries, err := pendingEntries(qctx, l.db, streams, l.published, catchUpRows)
+		cancel()
+		if err != nil {
+			return l.dbFailed(err)
+		}
+		if len(entries) == 0 {
+			return nil
+		}
+		l.j.metrics.CatchUp.Add(float64(len(entries)))
+		if err := l.broadcast(ctx, entries, nil, nil); err != nil {
+			return err
+		}
+		// Streams that filled the limit may hold more.
+		n := map[string]int{}
+		streams = streams[:0:0]
+		for _, e := range entries {
+			if n[e.Stream]++; n[e.Stream] == catchUpRows {
+				streams = append(streams, e.Stream)
+			}
+		}
+		if len(streams) == 0 {
+			return nil
+		}
+	}
+	return nil
+}
+
+// broadcast publishes entries (in order) and queues them, with the
+// deliveries ds to settle after their confirms, as a flight. It does not
+// wait for the confirms unless maxInflight flights are out already.
+func (l *leader) broadcast(ctx context.Context, entries []Entry, ds []amqp.Delivery, reasons map[int]string) error {
+	if err := l.settle(ctx, maxInflight-1); err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), broadcastTimeout)
+	f := &flight{ctx: fctx, cancel: cancel, confirms: make([]*amqp.DeferredConfirmation, 0, len(entries)),
+		high: map[string]int64{}, ds: ds, reasons: reasons}
+	for i := range entries {
+		e := &entries[i]
+		dc, err := l.publish.PublishWithDeferredConfirmWithContext(fctx, BroadcastExchange, e.Stream, false, false, e.Publishing())
+		if err != nil {
+			cancel()
+			return fmt.Errorf("broadcast: %w", err)
+		}
+		f.confirms = append(f.confirms, dc)
+		if e.Seq > f.high[e.Stream] {
+			f.high[e.Stream] = e.Seq
+		}
+		if e.Seq > l.published[e.Stream] {
+			l.published[e.Stream] = e.Seq
+		}
+	}
+	l.inflight = append(l.inflight, f)
+	return l.settle(ctx, len(l.inflight))
+}
+
+// settle completes flights in order whose confirms are in: it records
+// their seqs as confirmed, dead-letters what they refused and acks their
+// deliveries. It waits until at most keep flights are left, then settles
+// whatever else is ready without waiting.
+func (l *leader) settle(ctx context.Context, keep int) error {
+	for len(l.inflight) > 0 {
+		h := l.inflight[0]
+		wait := len(l.inflight) > keep
+		for h.next < len(h.confirms) {
+			dc := h.confirms[h.next]
+			if wait {
+				select {
+				case <-dc.Done():
+				case <-h.ctx.Done():
+					return errors.New("broadcast: confirms not in within " + broadcastTimeout.String())
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			} else {
+				select {
+				case <-dc.Done():
+				default:
+					return nil
+				}
+			}
+			if !dc.Acked() {
+				return errors.New("broadcast nacked by the broker")
+			}
+			h.next++
+		}
+		h.cancel()
+		l.inflight = l.inflight[1:]
+		for s, q := range h.high {
+			if q > l.unmarked[s] {
+				l.unmarked[s] = q
+			}
+		}
+		l.j.metrics.Broadcasts.Add(float64(len(h.confirms)))
+		if err := l.ack(ctx, h.ds, h.reasons); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ack dead-letters the refused deliveries of ds, then acks the others
+// with one multiple ack.
+func (l *leader) ack(ctx context.Context, ds []amqp.Delivery, reasons map[int]string) error {
+	j := l.j
 	nacked := map[int]bool{}
 	for i, reason := range reasons {
 		d := &ds[i]
@@ -491,78 +666,13 @@ func (l *leader) process(ctx context.Context, ds []amqp.Delivery) error {
 	return nil
 }
 
-// catchUp broadcasts what is committed but not broadcast yet on streams
-// (every stream when nil), in seq order.
-func (l *leader) catchUp(ctx context.Context, streams []string) error {
-	for range catchUpRounds {
-		qctx, cancel := context.WithTimeout(ctx, writeTimeout)
-		ranges, err := pendingStreams(qctx, l.db, streams)
-		cancel()
-		if err != nil {
-			return l.dbFailed(err)
-		}
-		todo := ranges[:0]
-		for _, r := range ranges {
-			r.after = max(r.after, l.marked[r.stream])
-			if r.after < r.upto {
-				todo = append(todo, r)
-			}
-		}
-		if len(todo) == 0 {
-			break
-		}
-		qctx, cancel = context.WithTimeout(ctx, writeTimeout)
-		entries, err := fetchRanges(qctx, l.db, todo, catchUpRows)
-		cancel()
-		if err != nil {
-			return l.dbFailed(err)
-		}
-		l.j.metrics.CatchUp.Add(float64(len(entries)))
-		if err := l.broadcast(ctx, entries); err != nil {
-			return err
-		}
-	}
-	return l.mark(ctx)
-}
-
-// broadcast publishes entries (in order) and waits for every confirm.
-func (l *leader) broadcast(ctx context.Context, entries []Entry) error {
-	if len(entries) == 0 {
+// mark records the confirmed broadcasts in broadcast_seq. Batches record
+// those of their own streams in their transaction; this catches the rest
+// (every markInterval, and at the end).
+func (l *leader) mark(ctx context.Context) error {
+	if len(l.unmarked) == 0 {
 		return nil
 	}
-	bctx, cancel := context.WithTimeout(ctx, broadcastTimeout)
-	defer cancel()
-	confirms := make([]*amqp.DeferredConfirmation, len(entries))
-	for i := range entries {
-		e := &entries[i]
-		dc, err := l.publish.PublishWithDeferredConfirmWithContext(bctx, BroadcastExchange, e.Stream, false, false, e.Publishing())
-		if err != nil {
-			return fmt.Errorf("broadcast: %w", err)
-		}
-		confirms[i] = dc
-	}
-	for _, dc := range confirms {
-		ok, err := dc.WaitContext(bctx)
-		if err != nil {
-			return fmt.Errorf("broadcast confirm: %w", err)
-		}
-		if !ok {
-			return errors.New("broadcast nacked by the broker")
-		}
-	}
-	for i := range entries {
-		e := &entries[i]
-		if e.Seq > l.marked[e.Stream] {
-			l.marked[e.Stream] = e.Seq
-			l.unmarked[e.Stream] = e.Seq
-		}
-	}
-	l.j.metrics.Broadcasts.Add(float64(len(entries)))
-	return nil
-}
-
-// mark records the confirmed broadcasts in broadcast_seq.
-func (l *leader) mark(ctx context.Context) error {
 	mctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	if err := markBroadcast(mctx, l.db, l.unmarked); err != nil {

@@ -78,19 +78,30 @@ type journalResult struct {
 // none; rows the database refuses for their content are listed in
 // rejected and get none either (seqs stay gapless). Rows refused by
 // checkJournalRow must not be passed. Any other error means nothing was
-// committed.
-func writeJournal(ctx context.Context, conn *pgx.Conn, rows []Row) (journalResult, error) {
+// committed (or, when the connection broke during COMMIT, that it is not
+// known: the caller gives up the lead then).
+//
+// marks are broadcast marks to record on the way (stream → confirmed
+// seq): those of the batch's streams, whose rows the transaction locks
+// anyway, are written with last_seq; the caller may forget them once
+// writeJournal succeeds. The others are left alone.
+//
+// Round trips: two, whatever the batch size — BEGIN, create and lock the
+// streams and find duplicates in one pipeline; INSERT, advance the streams
+// and COMMIT in a second. Only when a row is refused is the batch redone
+// row by row with savepoints.
+func writeJournal(ctx context.Context, conn *pgx.Conn, rows []Row, marks map[string]int64) (journalResult, error) {
 	if len(rows) == 0 {
 		return journalResult{streams: map[string]*streamState{}}, nil
 	}
-	res, err := writeJournalOnce(ctx, conn, rows, false)
+	res, err := writeJournalOnce(ctx, conn, rows, marks, false)
 	if err != nil && IsContentError(err) {
-		res, err = writeJournalOnce(ctx, conn, rows, true)
+		res, err = writeJournalOnce(ctx, conn, rows, marks, true)
 	}
 	return res, err
 }
 
-func writeJournalOnce(ctx context.Context, conn *pgx.Conn, rows []Row, isolate bool) (journalResult, error) {
+func writeJournalOnce(ctx context.Context, conn *pgx.Conn, rows []Row, marks map[string]int64, isolate bool) (journalResult, error) {
 	res := journalResult{seqs: make([]int64, len(rows)), streams: map[string]*streamState{}}
 	var streams, senders, ids []string
 	for i := range rows {
@@ -101,21 +112,31 @@ func writeJournalOnce(ctx context.Context, conn *pgx.Conn, rows []Row, isolate b
 		}
 		senders, ids = append(senders, r.Sender), append(ids, r.MessageID)
 	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return res, fmt.Errorf("begin: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	committed := false
+	defer func() {
+		if !committed && !conn.IsClosed() {
+			// Ends the transaction whatever state it is in (a no-op
+			// warning when none is open).
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dialTimeout)
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			cancel()
+		}
+	}()
 
-	// One round trip: make sure every stream has a row, lock them in
-	// stream order (stompgate_publish takes the same locks), and find the
-	// rows already stored.
+	// First round trip: open the transaction, make sure every stream has
+	// a row, lock them in stream order (stompgate_publish takes the same
+	// locks), and find the rows already stored.
 	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
 	b.Queue(`INSERT INTO stompgate_streams (stream) SELECT s FROM unnest($1::text[]) AS s ORDER BY s ON CONFLICT DO NOTHING`, streams)
 	b.Queue(`SELECT stream, last_seq, broadcast_seq FROM stompgate_streams WHERE stream = ANY($1) ORDER BY stream FOR UPDATE`, streams)
 	b.Queue(`SELECT m.sender, m.message_id FROM stompgate_messages m
 		JOIN unnest($1::text[], $2::text[]) AS k(sender, message_id) ON m.sender = k.sender AND m.message_id = k.message_id`, senders, ids)
-	br := tx.SendBatch(ctx, b)
+	br := conn.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		return res, fmt.Errorf("begin: %w", err)
+	}
 	if _, err := br.Exec(); err != nil {
 		br.Close()
 		return res, fmt.Errorf("create streams: %w", err)
@@ -169,79 +190,105 @@ func writeJournalOnce(ctx context.Context, conn *pgx.Conn, rows []Row, isolate b
 		seen[k] = true // a second copy within the batch is a duplicate too
 		fresh = append(fresh, i)
 	}
+	b = &pgx.Batch{}
 	if !isolate {
 		for _, i := range fresh {
 			st := res.streams[rows[i].RoutingKey]
 			st.next++
 			res.seqs[i] = st.next
 		}
-		_, err = tx.CopyFrom(ctx, pgx.Identifier{"stompgate_messages"}, journalColumns,
-			pgx.CopyFromSlice(len(fresh), func(n int) ([]any, error) {
-				i := fresh[n]
-				return journalValues(&rows[i], res.seqs[i]), nil
-			}))
-		if err != nil {
-			return res, fmt.Errorf("copy: %w", err)
+		if len(fresh) > 0 {
+			b.Queue(insertJournalSQL, journalArrays(rows, fresh, res.seqs)...)
 		}
 	} else {
 		// One savepoint per row: a refused row takes no seq.
 		for _, i := range fresh {
 			st := res.streams[rows[i].RoutingKey]
-			sp, err := tx.Begin(ctx)
-			if err != nil {
+			if _, err := conn.Exec(ctx, `SAVEPOINT row`); err != nil {
 				return res, fmt.Errorf("savepoint: %w", err)
 			}
-			_, err = sp.Exec(ctx, `INSERT INTO stompgate_messages (`+strings.Join(journalColumns, ", ")+`)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, journalValues(&rows[i], st.next+1)...)
+			res.seqs[i] = st.next + 1
+			_, err := conn.Exec(ctx, insertJournalSQL, journalArrays(rows, []int{i}, res.seqs)...)
 			if err != nil {
-				if rerr := sp.Rollback(ctx); rerr != nil {
-					return res, fmt.Errorf("rollback to savepoint: %w", rerr)
-				}
+				res.seqs[i] = 0
 				if !IsContentError(err) {
 					return res, err
+				}
+				if _, rerr := conn.Exec(ctx, `ROLLBACK TO SAVEPOINT row`); rerr != nil {
+					return res, fmt.Errorf("rollback to savepoint: %w", rerr)
 				}
 				res.rejected = append(res.rejected, Rejection{Index: i, Reason: err.Error()})
 				continue
 			}
-			if err := sp.Commit(ctx); err != nil {
+			if _, err := conn.Exec(ctx, `RELEASE SAVEPOINT row`); err != nil {
 				return res, fmt.Errorf("release savepoint: %w", err)
 			}
 			st.next++
-			res.seqs[i] = st.next
 		}
 	}
+
+	// Second round trip: the rows (above), the streams' new last_seq and
+	// broadcast marks, COMMIT.
 	var ss []string
-	var lasts []int64
+	var lasts, bcasts []int64
 	for s, st := range res.streams {
-		if st.next != st.last {
-			ss, lasts = append(ss, s), append(lasts, st.next)
+		if m := marks[s]; st.next != st.last || m > st.broadcast {
+			ss, lasts, bcasts = append(ss, s), append(lasts, st.next), append(bcasts, m)
 		}
 	}
 	if len(ss) > 0 {
-		if _, err := tx.Exec(ctx, `UPDATE stompgate_streams s SET last_seq = v.last
-			FROM unnest($1::text[], $2::bigint[]) AS v(stream, last) WHERE s.stream = v.stream`, ss, lasts); err != nil {
-			return res, fmt.Errorf("advance streams: %w", err)
+		b.Queue(`UPDATE stompgate_streams s SET last_seq = v.last, broadcast_seq = greatest(s.broadcast_seq, v.bcast)
+			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v(stream, last, bcast) WHERE s.stream = v.stream`, ss, lasts, bcasts)
+	}
+	b.Queue(`COMMIT`)
+	br = conn.SendBatch(ctx, b)
+	for range b.Len() {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return res, fmt.Errorf("write journal: %w", err)
 		}
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := br.Close(); err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
+	committed = true
 	return res, nil
+}
+
+// insertJournalSQL inserts journal rows from arrays (see journalArrays):
+// one statement for any number of rows, parameters in binary.
+var insertJournalSQL = `INSERT INTO stompgate_messages (` + strings.Join(journalColumns, ", ") + `)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+		$7::text[], $8::jsonb[], $9::bytea[], $10::timestamptz[])`
+
+// journalArrays are the parameters of insertJournalSQL for rows[i], i in
+// idx, with seq seqs[i]. A journal row is stored under the exchange it is
+// broadcast to, so history by destination (/topic/<stream>) finds
+// archived and journaled messages alike.
+func journalArrays(rows []Row, idx []int, seqs []int64) []any {
+	n := len(idx)
+	var (
+		ids, senders, exchanges, keys = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		seqOf                         = make([]int64, n)
+		cts                           = make([]*string, n)
+		headers, bodies               = make([]string, n), make([][]byte, n)
+		published                     = make([]time.Time, n)
+	)
+	for k, i := range idx {
+		r := &rows[i]
+		ids[k], senders[k], exchanges[k], keys[k] = r.MessageID, r.Sender, BroadcastExchange, r.RoutingKey
+		seqOf[k] = seqs[i]
+		if r.ContentType != "" {
+			ct := r.ContentType
+			cts[k] = &ct
+		}
+		headers[k], bodies[k], published[k] = string(r.Headers), r.Body, r.PublishedAt
+	}
+	return []any{ids, senders, exchanges, keys, keys, seqOf, cts, headers, bodies, published}
 }
 
 var journalColumns = []string{"message_id", "sender", "exchange", "routing_key", "stream", "seq",
 	"content_type", "headers", "body", "published_at"}
-
-// journalValues are the column values of a journal row: it is stored
-// under the exchange it is broadcast to, so history by destination
-// (/topic/<stream>) finds archived and journaled messages alike.
-func journalValues(r *Row, seq int64) []any {
-	var ct any
-	if r.ContentType != "" {
-		ct = r.ContentType
-	}
-	return []any{r.MessageID, r.Sender, BroadcastExchange, r.RoutingKey, r.RoutingKey, seq, ct, r.Headers, r.Body, r.PublishedAt}
-}
 
 // pendingRange is a run of a stream's seqs to broadcast: after < seq <= upto.
 type pendingRange struct {
@@ -249,26 +296,46 @@ type pendingRange struct {
 	after, upto int64
 }
 
-// pendingStreams lists the streams (all when streams is nil) with rows
-// committed but not yet broadcast.
-func pendingStreams(ctx context.Context, conn *pgx.Conn, streams []string) ([]pendingRange, error) {
-	q := `SELECT stream, broadcast_seq, last_seq FROM stompgate_streams WHERE broadcast_seq < last_seq`
-	args := []any{}
+// pendingEntries reads, in one query, what is committed but not yet
+// broadcast on streams (every stream when nil): the rows with
+// max(broadcast_seq, published[stream]) < seq <= last_seq, at most limit
+// per stream, ordered by stream and seq. published is what this leader
+// has already published (confirmed or not).
+func pendingEntries(ctx context.Context, conn *pgx.Conn, streams []string, published map[string]int64, limit int) ([]Entry, error) {
+	var ps []string
+	var pseqs []int64
+	add := func(s string) {
+		if q, ok := published[s]; ok {
+			ps, pseqs = append(ps, s), append(pseqs, q)
+		}
+	}
+	if streams == nil {
+		for s := range published {
+			add(s)
+		}
+	} else {
+		for _, s := range streams {
+			add(s)
+		}
+	}
+	q := `SELECT ` + entryColumns + ` FROM stompgate_streams s
+		LEFT JOIN unnest($1::text[], $2::bigint[]) AS p(stream, seq) ON p.stream = s.stream
+		CROSS JOIN LATERAL (SELECT * FROM stompgate_messages m
+			WHERE m.stream = s.stream AND m.seq > greatest(s.broadcast_seq, coalesce(p.seq, 0)) AND m.seq <= s.last_seq
+			ORDER BY m.seq LIMIT $3) m
+		WHERE s.broadcast_seq < s.last_seq`
+	args := []any{ps, pseqs, limit}
 	if streams != nil {
-		q += ` AND stream = ANY($1)`
+		q += ` AND s.stream = ANY($4)`
 		args = append(args, streams)
 	}
-	rows, err := conn.Query(ctx, q, args...)
+	rows, err := conn.Query(ctx, q+` ORDER BY m.stream, m.seq`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("pending streams: %w", err)
+		return nil, fmt.Errorf("read pending journal: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (pendingRange, error) {
-		var p pendingRange
-		err := r.Scan(&p.stream, &p.after, &p.upto)
-		return p, err
-	})
+	out, err := pgx.CollectRows(rows, scanEntry)
 	if err != nil {
-		return nil, fmt.Errorf("pending streams: %w", err)
+		return nil, fmt.Errorf("read pending journal: %w", err)
 	}
 	return out, nil
 }
