@@ -131,6 +131,7 @@ func TestRunThroughEdge(t *testing.T) {
 }
 
 func TestRunThroughWebSTOMP(t *testing.T) {
+	testenv.Integration(t) // RabbitMQ's own Web-STOMP
 	t.Parallel()
 	url := "ws://127.0.0.1:15674/ws"
 	r := runLoad(t, nil, "--url", url, "--login", "guest", "--passcode", "guest", "--vhost", "/",
