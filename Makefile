@@ -30,6 +30,8 @@ build:
 go-test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 8m ./...
+	# the relay suite again with its edges on shared links (amqplink), as the edge ships
+	STOMPGATE_TEST_BROKER=shared $(GO) test -race -count=1 -timeout 3m ./relay/
 
 ## fuzz: a short run of each fuzz target on top of its seed corpus
 fuzz:

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -413,13 +414,19 @@ func TestSlowConsumerDoesNotStallOthers(t *testing.T) {
 		}
 		return nil
 	})
-	testenv.WaitFor(t, 5*time.Second, func() error { // both subscriptions bound at the broker
+	// Both subscriptions bound at the broker: one queue each on dedicated
+	// connections, one shared queue on shared links.
+	want := 2
+	if e.shared != nil {
+		want = 1
+	}
+	testenv.WaitFor(t, 5*time.Second, func() error {
 		qs, err := testenv.Queues(e.vhost)
 		if err != nil {
 			return err
 		}
-		if len(qs) != 2 {
-			return fmt.Errorf("%d queues", len(qs))
+		if len(qs) != want {
+			return fmt.Errorf("%d queues, want %d", len(qs), want)
 		}
 		return nil
 	})
@@ -613,45 +620,57 @@ func TestDrainClosesSessionsWithShuttingDown(t *testing.T) {
 
 func TestBrokerLossAndReadiness(t *testing.T) {
 	t.Parallel()
-	// A TCP proxy between edge and broker lets the test cut the broker off.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// TCP proxies between edge and broker (its STOMP port and, for shared
+	// links, its AMQP port) let the test cut the broker off.
 	var mu sync.Mutex
 	var conns []net.Conn
 	var refuse atomic.Bool
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if refuse.Load() {
-				c.Close()
-				continue
-			}
-			b, err := net.Dial("tcp", testenv.StompAddr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, b)
-			mu.Unlock()
-			go func() { _, _ = copyConn(b, c) }()
-			go func() { _, _ = copyConn(c, b) }()
+	proxy := func(target string) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				if refuse.Load() {
+					c.Close()
+					continue
+				}
+				b, err := net.Dial("tcp", target)
+				if err != nil {
+					c.Close()
+					continue
+				}
+				mu.Lock()
+				conns = append(conns, c, b)
+				mu.Unlock()
+				go func() { _, _ = copyConn(b, c) }()
+				go func() { _, _ = copyConn(c, b) }()
+			}
+		}()
+		t.Cleanup(func() { ln.Close() })
+		return ln.Addr().String()
+	}
 	t.Cleanup(func() {
-		ln.Close()
 		mu.Lock()
 		for _, c := range conns {
 			c.Close()
 		}
 		mu.Unlock()
 	})
-	e := startEdge(t, map[string]string{"EDGE_BROKER_ADDRS": ln.Addr().String()})
+	vhost := testenv.Vhost(t)
+	env := map[string]string{"EDGE_BROKER_ADDRS": proxy(testenv.StompAddr)}
+	if sharedLinks() {
+		env["EDGE_BROKER_AMQP_URLS"] = "amqp://guest:guest@" + proxy(testenv.AMQPHost) + "/" + url.PathEscape(vhost)
+		// A CONNECT waits this long for a link to come back before it
+		// gets broker_unavailable.
+		env["EDGE_BROKER_TIMEOUT"] = "1s"
+	}
+	e := startEdgeWith(t, vhost, env, nil)
 	probeCtx, stopProbe := contextWithCancel(t)
 	probeDone := make(chan struct{})
 	go func() { e.srv.ProbeBroker(probeCtx, 100*time.Millisecond); close(probeDone) }()

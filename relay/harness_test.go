@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/stompgate/stompgate/auth"
 	"github.com/stompgate/stompgate/config"
 	"github.com/stompgate/stompgate/internal/testenv"
+	"github.com/stompgate/stompgate/relay/broker/amqplink"
 	"github.com/stompgate/stompgate/relay/broker/stompconn"
 	"github.com/stompgate/stompgate/stomp"
 	"github.com/stompgate/stompgate/stomp/stompws"
@@ -48,7 +50,15 @@ type edge struct {
 	vhost   string
 	metrics *Metrics
 	logs    *testenv.SyncBuffer
+	// shared is the edge's broker when it runs on shared links
+	// (STOMPGATE_TEST_BROKER=shared), else nil.
+	shared *amqplink.Broker
 }
+
+// sharedLinks reports whether edges on RabbitMQ run on shared links
+// (amqplink, what the edge ships with) instead of one STOMP connection per
+// session: `make test` runs the relay suite both ways.
+func sharedLinks() bool { return os.Getenv("STOMPGATE_TEST_BROKER") == "shared" }
 
 func baseEnv(vhost string) map[string]string {
 	return map[string]string{
@@ -92,25 +102,50 @@ func startEdgeWith(t *testing.T, vhost string, env map[string]string, deps func(
 		t.Fatal(err)
 	}
 	logs := &testenv.SyncBuffer{}
-	m := NewMetrics(prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	dedicated := stompconn.New(stompconn.Config{Addrs: cfg.BrokerAddrs, Login: cfg.BrokerLogin, Passcode: cfg.BrokerPasscode,
+		Vhost: cfg.BrokerVhost, Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout, MaxFrameBytes: cfg.BrokerMaxFrameBytes})
 	d := Deps{
 		Config: cfg, Verifier: verifier, Origins: origins, Metrics: m,
-		Broker: stompconn.New(stompconn.Config{Addrs: cfg.BrokerAddrs, Login: cfg.BrokerLogin, Passcode: cfg.BrokerPasscode,
-			Vhost: cfg.BrokerVhost, Heartbeat: cfg.BrokerHeartbeat, Timeout: cfg.BrokerTimeout, MaxFrameBytes: cfg.BrokerMaxFrameBytes}),
-		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Broker:  dedicated,
+		Logger:  log,
 		Version: "test",
+	}
+	var shared *amqplink.Broker
+	// EDGE_BROKER_MODE=shared in env makes a test's edge use shared links
+	// in both passes.
+	if (sharedLinks() || env["EDGE_BROKER_MODE"] == "shared") && vhost != "memory" {
+		// The URLs derive from EDGE_BROKER_ADDRS as the edge's do.
+		shared, err = amqplink.New(amqplink.Config{
+			URLs: cfg.BrokerAMQPURLs, Links: cfg.BrokerLinks, MaxDedicated: cfg.MaxDedicated, Dedicated: dedicated,
+			Name: t.Name(), Linger: cfg.BrokerLinger, Timeout: cfg.BrokerTimeout, Heartbeat: cfg.BrokerHeartbeat,
+			MaxFrameBytes: cfg.BrokerMaxFrameBytes, Registerer: reg, Logger: log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Broker = shared
 	}
 	if deps != nil {
 		deps(&d)
+	}
+	if shared != nil && d.Broker != shared {
+		shared.Close() // the test brought its own broker
+		shared = nil
 	}
 	srv := NewServer(context.Background(), d)
 	mux := http.NewServeMux()
 	srv.Routes(mux)
 	hs := httptest.NewServer(mux)
-	e := &edge{t: t, srv: srv, http: hs, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", vhost: vhost, metrics: m, logs: logs}
+	e := &edge{t: t, srv: srv, http: hs, url: "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", vhost: vhost, metrics: m, logs: logs, shared: shared}
 	t.Cleanup(func() {
 		srv.Close()
 		hs.Close()
+		if shared != nil {
+			shared.Close()
+		}
 		if t.Failed() {
 			t.Logf("edge log:\n%s", logs.String())
 		}

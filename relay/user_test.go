@@ -2,6 +2,7 @@ package relay
 
 import (
 	"testing"
+	"time"
 
 	"github.com/go-stomp/stomp/v3/frame"
 	"github.com/golang-jwt/jwt/v5"
@@ -90,8 +91,61 @@ func TestUserDestinationsRabbitMQ(t *testing.T) {
 
 	// A subject holding the text %2F cannot be routed over a STOMP broker
 	// connection (RabbitMQ's adapter decodes it): refused, never misrouted.
-	bad := a.mustDial(nil)
-	bad.connect(testenv.Token(t, "eve%2Fann/x:y é #*.%2f\\n", userScopes))
-	bad.raw("SUBSCRIBE\nid:in\ndestination:/user/queue/inbox\n\n\x00")
-	bad.expectError(CodeForbidden)
+	// Shared links speak AMQP, where a routing key is any string.
+	const pct = "eve%2Fann/x:y é #*.%2f\\n"
+	if a.shared == nil {
+		bad := a.mustDial(nil)
+		bad.connect(testenv.Token(t, pct, userScopes))
+		bad.raw("SUBSCRIBE\nid:in\ndestination:/user/queue/inbox\n\n\x00")
+		bad.expectError(CodeForbidden)
+		return
+	}
+	userFlow(t, a, b, pct)
+	if n := a.shared.Dedicated() + b.shared.Dedicated(); n != 0 {
+		t.Fatalf("%d dedicated broker connections for user destinations", n)
+	}
+}
+
+// TestAppAndUserSendsRideSharedLinks: on shared links, /app/ SENDs (the
+// journal's exchange) and user destinations (both ways) open no dedicated
+// broker connection.
+func TestAppAndUserSendsRideSharedLinks(t *testing.T) {
+	t.Parallel()
+	vhost := testenv.Vhost(t)
+	ch := amqpChannel(t, vhost)
+	if err := ch.ExchangeDeclare(broker.UserExchange, "direct", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare(broker.JournalExchange, "topic", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(q.Name, "#", broker.JournalExchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	journal, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEdgeWith(t, vhost, map[string]string{"EDGE_BROKER_MODE": "shared"}, nil)
+	userFlow(t, e, e, "bob/x:y é %2F")
+	c := e.mustDial(nil)
+	c.connect(testenv.Token(t, "carol", nil))
+	c.send(frame.New(frame.SEND, frame.Destination, "/app/room.1", frame.Receipt, "j"))
+	c.expect(frame.RECEIPT)
+	var d amqp.Delivery
+	select {
+	case d = <-journal:
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing reached stompgate.ingest")
+	}
+	if d.RoutingKey != "room.1" || d.Headers["x-user-id"] != "carol" {
+		t.Fatalf("journal got key %q headers %v", d.RoutingKey, d.Headers)
+	}
+	if n := e.shared.Dedicated(); n != 0 {
+		t.Fatalf("%d dedicated broker connections, want 0", n)
+	}
 }

@@ -74,25 +74,47 @@ func hasQueueHeader(h *frame.Header) bool {
 
 // sharedSubscription reports whether a SUBSCRIBE can ride a shared queue:
 // auto ack, a /topic/ or /exchange/ destination, nothing that declares.
+//
+// A Subscription with a Route (user destinations) is shared the same way:
+// a binding of Route.Key (any characters) on Route.Exchange.
 func sharedSubscription(sub broker.Subscription) bool {
 	if sub.Ack != broker.AckAuto && sub.Ack != "" {
 		return false
 	}
-	if _, _, ok := route(sub.Destination); !ok {
+	if _, _, ok := subscriptionRoute(sub); !ok {
 		return false
 	}
 	return sub.Header == nil || !hasQueueHeader(sub.Header)
 }
 
+// subscriptionRoute is the exchange and binding key a shared subscription
+// binds: its Route when set, else what its destination means to RabbitMQ.
+func subscriptionRoute(sub broker.Subscription) (exchange, key string, ok bool) {
+	if sub.Route != nil {
+		return sub.Route.Exchange, sub.Route.Key, true
+	}
+	return route(sub.Destination)
+}
+
+// messageRoute is where a SEND is published: its Route when set (the
+// journal, user destinations), else what its destination means to
+// RabbitMQ.
+func messageRoute(m broker.Message) (exchange, key string, ok bool) {
+	if m.Route != nil {
+		return m.Route.Exchange, m.Route.Key, true
+	}
+	return route(m.Destination)
+}
+
 // sharedSend reports whether a SEND can go over a shared link: a /topic/
-// or /exchange/ destination, no transaction, no reply-to (RabbitMQ makes
+// or /exchange/ destination or a Route, no transaction, no reply-to (RabbitMQ makes
 // a temporary queue for some), nothing that declares. persistent is a
 // message property on a SEND, not a queue header.
 func sharedSend(m broker.Message) bool {
 	if m.Transaction != "" {
 		return false
 	}
-	if _, _, ok := route(m.Destination); !ok {
+	if _, _, ok := messageRoute(m); !ok {
 		return false
 	}
 	if m.Header == nil {
@@ -111,7 +133,7 @@ func (s *session) Send(m broker.Message) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	if s.ded == nil && sharedSend(m) {
-		ex, key, _ := route(m.Destination)
+		ex, key, _ := messageRoute(m)
 		if err := s.home.checkExchange(ex); err != nil {
 			return err
 		}
@@ -147,8 +169,14 @@ func (s *session) Subscribe(sub broker.Subscription) error {
 		return duplicated(sub.ID)
 	}
 	if s.ded == nil && sharedSubscription(sub) {
-		ex, key, _ := route(sub.Destination)
-		ls, err := s.b.attach(s, ex, key, sub.ID, func() {
+		ex, key, _ := subscriptionRoute(sub)
+		// A routed subscription's MESSAGEs carry the destination the
+		// client subscribed to (/user/queue/<name>), not the binding.
+		dest := ""
+		if sub.Route != nil {
+			dest = sub.Destination
+		}
+		ls, err := s.b.attach(s, sharedKey{exchange: ex, key: key, dest: dest}, sub.ID, func() {
 			if sub.Receipt != "" {
 				s.receipt(sub.Receipt)
 			}

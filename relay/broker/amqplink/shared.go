@@ -16,8 +16,10 @@ import (
 )
 
 // sharedKey names a shared queue: one per distinct exchange and binding
-// key per edge.
-type sharedKey struct{ exchange, key string }
+// key per edge. dest, when set, is the destination header of its
+// MESSAGEs (a routed subscription: what the client subscribed to); a
+// routed and an unrouted subscription never share a queue.
+type sharedKey struct{ exchange, key, dest string }
 
 // shared is one broker queue on a shared link and its local subscribers.
 type shared struct {
@@ -90,8 +92,7 @@ func (b *Broker) pickLink(k sharedKey) *link {
 // declaring the queue first when the edge has none. ready runs just before
 // the subscriber can see deliveries (under Broker.mu: it must not block),
 // so a SUBSCRIBE's receipt comes before its first MESSAGE.
-func (b *Broker) attach(s *session, exchange, key, id string, ready func()) (*localSub, error) {
-	k := sharedKey{exchange, key}
+func (b *Broker) attach(s *session, k sharedKey, id string, ready func()) (*localSub, error) {
 	for {
 		b.mu.Lock()
 		sh := b.shared[k]
@@ -307,10 +308,20 @@ func (sh *shared) ended() {
 	}
 	subs := sh.snapshot()
 	b.mu.Unlock()
-	err := fmt.Errorf("%w: the broker ended the shared subscription to %s", broker.ErrUnavailable, formatDestination(sh.key.exchange, sh.key.key))
+	err := fmt.Errorf("%w: the broker ended the shared subscription to %s", broker.ErrUnavailable, sh.destination(sh.key.exchange, sh.key.key))
 	for _, ls := range subs {
 		ls.s.lose(err)
 	}
+}
+
+// destination is the destination header of sh's MESSAGEs for a delivery
+// from exchange with routing key: the subscribed one for a routed queue,
+// else RabbitMQ's.
+func (sh *shared) destination(exchange, key string) string {
+	if sh.key.dest != "" {
+		return sh.key.dest
+	}
+	return formatDestination(exchange, key)
 }
 
 // deliver hands one delivery to every local subscriber.
@@ -329,7 +340,7 @@ func (sh *shared) deliver(d *amqp.Delivery, batchNo uint64, now time.Time, touch
 		}
 		return
 	}
-	enc.reset(d, sh.id)
+	enc.reset(d, sh.id, sh.destination(d.Exchange, d.RoutingKey))
 	n := 0
 	for _, ls := range subs {
 		if ls.s.dead.Load() {
@@ -371,10 +382,10 @@ type encoded struct {
 	data []byte
 }
 
-func (e *encoder) reset(d *amqp.Delivery, qid string) {
+func (e *encoder) reset(d *amqp.Delivery, qid, dest string) {
 	e.d, e.qid = d, qid
 	e.seq++
-	e.dest = formatDestination(d.Exchange, d.RoutingKey)
+	e.dest = dest
 	e.tails = [3][]byte{}
 	clear(e.frames)
 	e.frames = e.frames[:0]
