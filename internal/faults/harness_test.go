@@ -479,3 +479,27 @@ func histogram(buckets []int) string {
 	}
 	return strings.TrimSpace(b.String())
 }
+
+// group runs functions on at most n goroutines at once and keeps the first
+// error (errgroup's SetLimit, without the dependency).
+type group struct {
+	sem  chan struct{} // n slots
+	wg   sync.WaitGroup
+	once sync.Once
+	err  error
+}
+
+func newGroup(n int) *group { return &group{sem: make(chan struct{}, n)} }
+
+func (g *group) Go(fn func() error) {
+	g.sem <- struct{}{}
+	g.wg.Add(1)
+	go func() {
+		defer func() { <-g.sem; g.wg.Done() }()
+		if err := fn(); err != nil {
+			g.once.Do(func() { g.err = err })
+		}
+	}()
+}
+
+func (g *group) Wait() error { g.wg.Wait(); return g.err }

@@ -106,4 +106,3 @@ func mustDial(t *testing.T, ctx context.Context, url, token string) *client {
 	t.Cleanup(c.close)
 	return c
 }
-
