@@ -325,7 +325,11 @@ func (p *restartProducer) init() {
 	}
 }
 
-func (p *restartProducer) receiptedCount() int { p.mu.Lock(); defer p.mu.Unlock(); return len(p.receipted) }
+func (p *restartProducer) receiptedCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.receipted)
+}
 
 func (p *restartProducer) receiptedIDs() []string {
 	p.mu.Lock()
