@@ -389,11 +389,15 @@ func (s *Server) Drain(ctx context.Context) error {
 	if len(open) > 1 {
 		gap = s.cfg.DrainPeriod / time.Duration(len(open))
 	}
+	// Each close has its slot on the clock (start + i×gap): sleeping gap
+	// after each close instead let the time closes take add up, and 2,000
+	// sessions drained over 10s took 13.3s (internal/faults TestDeployDrain).
+	start := time.Now()
 	for i, sess := range open {
-		if i > 0 && gap > 0 && ctx.Err() == nil {
+		if wait := time.Until(start.Add(time.Duration(i) * gap)); wait > 0 && ctx.Err() == nil {
 			select {
 			case <-ctx.Done():
-			case <-time.After(gap):
+			case <-time.After(wait):
 			}
 		}
 		sess.close(ReasonShuttingDown, "server shutting down; reconnect")
