@@ -194,7 +194,9 @@ func TestReconnectStorm(t *testing.T) {
 		t.Errorf("/healthz took up to %s during the storm", worstHealth)
 	}
 	slices.Sort(connectedAt)
-	pct := func(p float64) time.Duration { return connectedAt[int(p*float64(len(connectedAt)-1))].Round(10 * time.Millisecond) }
+	pct := func(p float64) time.Duration {
+		return connectedAt[int(p*float64(len(connectedAt)-1))].Round(10 * time.Millisecond)
+	}
 	t.Logf("%d clients at once, EDGE_ACCEPT_RATE=%d: %d refusals (503 + Retry-After 1-10 s; the edge counted %v), 0 other errors; all connected and subscribed in %s (window %s); connect time p50 %s p90 %s p99 %s max %s; attempts per client %v; /healthz worst %s; the message published after reached %d",
 		clients, rate, refusals, counted, all.Round(100*time.Millisecond), window, pct(.5), pct(.9), pct(.99), pct(1), attempts, worstHealth.Round(time.Millisecond), gotMessage)
 }
