@@ -27,6 +27,8 @@ const (
 	catchUpRows      = 1000                   // rows read per stream per catch-up query
 	catchUpRounds    = 10                     // catch-up queries per wake-up; more waits for the next one
 	markInterval     = 100 * time.Millisecond // how often confirmed broadcasts of idle streams are recorded
+	batchGap         = 200 * time.Microsecond // when busy, a batch closes when no delivery follows within this
+	batchWindow      = 2 * time.Millisecond   // and at the latest this long after its first delivery
 )
 
 // maxInflight is how many published runs (a batch's broadcasts, a
@@ -267,6 +269,7 @@ func (j *Journal) lead(ctx context.Context) error {
 		if len(l.inflight) >= maxInflight {
 			in = nil
 		}
+		waiting := time.Now()
 		select {
 		case <-ctx.Done():
 			return l.drain(ctx, tag, deliveries)
@@ -316,7 +319,11 @@ func (j *Journal) lead(ctx context.Context) error {
 			if !ok {
 				return errors.New("journal consumer cancelled by the broker")
 			}
-			batch := collect(d, deliveries, j.cfg.JournalBatchSize)
+			// A delivery that was already waiting means a backlog:
+			// gather it (it trickles in one by one) instead of writing
+			// one-message batches behind it.
+			busy := time.Since(waiting) < batchGap
+			batch := collect(d, deliveries, j.cfg.JournalBatchSize, busy)
 			if err := l.process(ctx, batch); err != nil {
 				return err
 			}
@@ -324,13 +331,20 @@ func (j *Journal) lead(ctx context.Context) error {
 	}
 }
 
-// collect returns first and what else has arrived on deliveries, at most
-// size in all, without waiting: the batch is what piled up while the
-// previous one was written. amqp091 hands deliveries over one at a time
-// from its own goroutine, so an empty channel gets one yield to let that
-// goroutine offer the next before the batch closes.
-func collect(first amqp.Delivery, deliveries <-chan amqp.Delivery, size int) []amqp.Delivery {
+// collect returns first and what else arrives on deliveries, at most size
+// in all. When idle it does not wait: the batch is what is there now
+// (amqp091 hands deliveries over one at a time from its own goroutine, so
+// an empty channel gets one yield to let it offer the next). When busy it
+// also takes what follows within batchGap of the previous delivery, for
+// at most batchWindow: a backlog reaches the channel one by one.
+func collect(first amqp.Delivery, deliveries <-chan amqp.Delivery, size int, busy bool) []amqp.Delivery {
 	batch := []amqp.Delivery{first}
+	var window <-chan time.Time
+	if busy {
+		t := time.NewTimer(batchWindow)
+		defer t.Stop()
+		window = t.C
+	}
 	for yielded := false; len(batch) < size; {
 		select {
 		case d, ok := <-deliveries:
@@ -341,11 +355,28 @@ func collect(first amqp.Delivery, deliveries <-chan amqp.Delivery, size int) []a
 			continue
 		default:
 		}
-		if yielded {
+		if !yielded {
+			runtime.Gosched()
+			yielded = true
+			continue
+		}
+		if !busy {
 			return batch
 		}
-		runtime.Gosched()
-		yielded = true
+		gap := time.NewTimer(batchGap)
+		select {
+		case d, ok := <-deliveries:
+			gap.Stop()
+			if !ok {
+				return batch
+			}
+			batch, yielded = append(batch, d), false
+		case <-gap.C:
+			return batch
+		case <-window:
+			gap.Stop()
+			return batch
+		}
 	}
 	return batch
 }
