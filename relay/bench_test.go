@@ -263,7 +263,7 @@ func BenchmarkSessionBrokerMessage(b *testing.B) {
 				if err != nil || f == nil {
 					b.Fatalf("frame %v, err %v", f, err)
 				}
-				sink.Deliver(stomp.AppendMessage(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, v), frame.MESSAGE, time.Now())
+				sink.Deliver(broker.NewFrame(stomp.AppendMessage(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, v), frame.MESSAGE, time.Now()))
 				p.Compact()
 				s.out.mu.Lock()
 				s.out.queue, s.out.queued = s.out.queue[:0], 0

@@ -50,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		HTTPRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "stompgate_upgrades_refused_total", Help: "WebSocket upgrades refused with an HTTP status, by reason."}, []string{"reason"}),
 		RelayLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "stompgate_relay_latency_seconds", Help: "Time from reading a broker frame to writing it to the client socket.",
+			Name: "stompgate_relay_latency_seconds", Help: "Time from reading a broker frame to writing it to the client socket; observed once per session per broker read batch (its frames share it).",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
 		ResumeReplayed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "stompgate_resume_replayed_total", Help: "Journal messages replayed from Postgres for x-resume-after."}),
@@ -81,8 +81,14 @@ func (m *Metrics) frameIn(cmd string) {
 	}
 }
 
-func (m *Metrics) frameOut(cmd string) {
+func (m *Metrics) frameOut(cmd string) { m.framesOutN(cmd, 1) }
+
+// framesOutN counts n frames of cmd sent ("" or n == 0: nothing).
+func (m *Metrics) framesOutN(cmd string, n int) {
+	if n == 0 {
+		return
+	}
 	if c, ok := m.framesOut[cmd]; ok {
-		c.Inc()
+		c.Add(float64(n))
 	}
 }

@@ -7,9 +7,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/go-stomp/stomp/v3/frame"
+
+	"github.com/stompgate/stompgate/relay/broker"
 )
 
 // Outbox alone writes a session's WebSocket: the byte-bounded queue of
@@ -47,6 +48,8 @@ type Outbox struct {
 	queue     []outFrame
 	spare     []outFrame // the previous batch's backing array, reused
 	queued    int        // bytes in queue
+	taken     int        // bytes of the batch being written
+	reported  int        // queued+taken as last added to Metrics.OutboundBytes
 	pongs     [][]byte
 	closing   bool
 	final     []byte // written after the queue, before the close frame
@@ -63,12 +66,10 @@ type Outbox struct {
 	done      chan struct{}
 }
 
-type outFrame struct {
-	data     []byte
-	binary   bool
-	command  string
-	received time.Time // when the broker side read it (zero for edge-made frames)
-}
+// outFrame is a queued frame: its bytes (possibly shared with other
+// sessions), whether it is binary, its command (metrics) and when the
+// broker side read it (zero for edge-made frames).
+type outFrame = broker.Frame
 
 func newOutbox(w wire, limit int, timeLimit time.Duration, m *Metrics, readerDone <-chan struct{}) *Outbox {
 	o := &Outbox{
@@ -86,23 +87,42 @@ var errClosing = errors.New("session closing")
 // Enqueue queues an encoded frame without writing it; Flush (or Run, once
 // woken) writes it. It fails with errClosing once the session is closing,
 // or when the frame would overflow the queue (after calling overflow).
-func (o *Outbox) Enqueue(data []byte, command string, received time.Time) error {
+//
+// It is the per-session, per-delivery cost of a fan-out, so it does
+// nothing but append: f.Binary was decided once per encoding by the
+// producer, and the shared OutboundBytes gauge is brought up to date once
+// per batch (take, release), not per frame.
+func (o *Outbox) Enqueue(f outFrame) error {
 	o.mu.Lock()
 	if o.closing {
 		o.mu.Unlock()
 		return errClosing
 	}
-	if o.queued+len(data) > o.limit {
+	if o.queued+len(f.Data) > o.limit {
 		queued := o.queued
 		o.mu.Unlock()
 		o.overflow(queued)
 		return errClosing
 	}
-	o.queue = append(o.queue, outFrame{data: data, binary: !utf8.Valid(data), command: command, received: received})
-	o.queued += len(data)
+	o.queue = append(o.queue, f)
+	o.queued += len(f.Data)
 	o.mu.Unlock()
-	o.metrics.OutboundBytes.Add(float64(len(data)))
 	return nil
+}
+
+// gaugeDelta is what OutboundBytes must move by to count what this outbox
+// holds now; the caller holds mu and adds it after unlocking.
+func (o *Outbox) gaugeDelta() int {
+	cur := o.queued + o.taken
+	d := cur - o.reported
+	o.reported = cur
+	return d
+}
+
+func (o *Outbox) addGauge(d int) {
+	if d != 0 {
+		o.metrics.OutboundBytes.Add(float64(d))
+	}
 }
 
 // Flush writes what is queued, in place when nobody holds the writer role,
@@ -119,9 +139,10 @@ func (o *Outbox) Flush() {
 		return
 	}
 	o.writing = true
-	batch, queued := o.take()
+	batch, d := o.take()
 	o.mu.Unlock()
-	batch, err := o.writeBatch(batch, queued, nil, time.Now().Add(inPlaceBudget))
+	o.addGauge(d)
+	batch, err := o.writeBatch(batch, nil, time.Now().Add(inPlaceBudget))
 	if isTimeout(err) {
 		// The socket is full: what is left stays in bufConn and the
 		// outbox's goroutine goes on with the full time limit.
@@ -158,10 +179,11 @@ func (o *Outbox) Close(final []byte, code int, drop bool) bool {
 	}
 	o.closing, o.final, o.closeCode = true, final, code
 	if drop {
-		o.metrics.OutboundBytes.Sub(float64(o.queued))
 		o.queue, o.queued = o.queue[:0], 0
 	}
+	d := o.gaugeDelta()
 	o.mu.Unlock()
+	o.addGauge(d)
 	o.signal()
 	return true
 }
@@ -183,12 +205,14 @@ func (o *Outbox) signal() {
 	}
 }
 
-// take hands the queue to the writer role holder. The caller holds mu.
+// take hands the queue to the writer role holder and returns how much
+// OutboundBytes must move (see gaugeDelta). The caller holds mu.
 func (o *Outbox) take() ([]outFrame, int) {
-	batch, queued := o.queue, o.queued
+	batch := o.queue
+	o.taken += o.queued
 	o.queue, o.queued = o.spare[:0], 0
 	o.spare = nil
-	return batch, queued
+	return batch, o.gaugeDelta()
 }
 
 // release gives the writer role back after a batch and wakes Run when
@@ -200,11 +224,14 @@ func (o *Outbox) release(batch []outFrame, err error) {
 	o.mu.Lock()
 	o.writing = false
 	o.spare = batch[:0]
+	o.taken = 0
 	if err != nil && o.writeErr == nil {
 		o.writeErr = err
 	}
 	more := len(o.queue) > 0 || o.closing || len(o.pongs) > 0 || o.writeErr != nil || o.w.pending()
+	d := o.gaugeDelta()
 	o.mu.Unlock()
+	o.addGauge(d)
 	if more {
 		o.signal()
 	}
@@ -214,6 +241,14 @@ func (o *Outbox) release(batch []outFrame, err error) {
 // heart-beats, and closes the socket. It returns once the socket is closed.
 func (o *Outbox) Run() {
 	defer close(o.done)
+	defer func() {
+		// The socket is closed: nothing this outbox holds will leave.
+		o.mu.Lock()
+		o.queue, o.queued, o.taken = nil, 0, 0
+		d := o.gaugeDelta()
+		o.mu.Unlock()
+		o.addGauge(d)
+	}()
 	var (
 		tick  <-chan time.Time
 		every time.Duration
@@ -247,16 +282,17 @@ func (o *Outbox) Run() {
 			return
 		}
 		o.writing = true
-		batch, queued := o.take()
+		batch, d := o.take()
 		pongs := o.pongs
 		o.pongs = nil
 		closing, final, code := o.closing, o.final, o.closeCode
 		o.mu.Unlock()
+		o.addGauge(d)
 
 		if heartbeat && len(batch) == 0 {
-			batch = append(batch, outFrame{data: []byte{'\n'}})
+			batch = append(batch, outFrame{Data: []byte{'\n'}})
 		}
-		batch, err := o.writeBatch(batch, queued, pongs, time.Now().Add(o.timeLimit))
+		batch, err := o.writeBatch(batch, pongs, time.Now().Add(o.timeLimit))
 		if err == nil && closing {
 			o.finish(final, code)
 			return
@@ -271,20 +307,34 @@ func (o *Outbox) Run() {
 
 // writeBatch writes pongs and batch and flushes them (with what an
 // earlier flush left) by deadline.
-func (o *Outbox) writeBatch(batch []outFrame, queued int, pongs [][]byte, deadline time.Time) ([]outFrame, error) {
+//
+// Metrics are shared by every session, so they are updated per batch: one
+// FramesOut add per run of frames with the same command, one RelayLatency
+// observation per distinct read time (the frames one broker read batch
+// brought share it, and their latency).
+func (o *Outbox) writeBatch(batch []outFrame, pongs [][]byte, deadline time.Time) ([]outFrame, error) {
 	err := o.w.write(batch, pongs, deadline)
-	o.metrics.OutboundBytes.Sub(float64(queued))
 	if err == nil && len(batch) > 0 {
 		now := time.Now()
 		o.lastWrite.Store(now.UnixNano())
+		var (
+			cmd  string
+			n    int
+			seen time.Time
+		)
 		for i := range batch {
-			if batch[i].command != "" {
-				o.metrics.frameOut(batch[i].command)
+			f := &batch[i]
+			if f.Command != cmd {
+				o.metrics.framesOutN(cmd, n)
+				cmd, n = f.Command, 0
 			}
-			if !batch[i].received.IsZero() {
-				o.metrics.RelayLatency.Observe(now.Sub(batch[i].received).Seconds())
+			n++
+			if !f.Received.IsZero() && !f.Received.Equal(seen) {
+				seen = f.Received
+				o.metrics.RelayLatency.Observe(now.Sub(f.Received).Seconds())
 			}
 		}
+		o.metrics.framesOutN(cmd, n)
 	}
 	return batch, err
 }

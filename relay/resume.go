@@ -209,7 +209,7 @@ func (s *Session) finishResume(rs *resume, d string, stream, clientReceipt strin
 			}
 			mf.Header.Add(frame.ContentLength, strconv.Itoa(len(m.Body)))
 			mf.Body = m.Body
-			if err := s.out.Enqueue(stomp.AppendMessage(nil, mf, v), frame.MESSAGE, time.Time{}); err != nil {
+			if err := s.out.Enqueue(broker.NewFrame(stomp.AppendMessage(nil, mf, v), frame.MESSAGE, time.Time{})); err != nil {
 				return err
 			}
 			lastSent = m.Seq
@@ -227,7 +227,7 @@ func (s *Session) finishResume(rs *resume, d string, stream, clientReceipt strin
 		_, seq, _ := deliveryInfo(data, v)
 		out, fin := rs.pass(data, seq)
 		if out != nil {
-			if err := s.out.Enqueue(out, frame.MESSAGE, time.Time{}); err != nil {
+			if err := s.out.Enqueue(broker.NewFrame(out, frame.MESSAGE, time.Time{})); err != nil {
 				rs.mu.Unlock()
 				return err
 			}

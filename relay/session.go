@@ -198,7 +198,7 @@ func errorFrame(code, msg string) *frame.Frame {
 // send queues an edge-made frame for the client and flushes it.
 func (s *Session) send(f *frame.Frame) error {
 	s.env.trace.log(s.log, "out", f)
-	if err := s.out.Enqueue(stomp.AppendFrame(nil, f, s.ver()), f.Command, time.Time{}); err != nil {
+	if err := s.out.Enqueue(broker.NewFrame(stomp.AppendFrame(nil, f, s.ver()), f.Command, time.Time{})); err != nil {
 		return err
 	}
 	s.out.Flush()
@@ -681,12 +681,12 @@ func (s *Session) onDisconnect(f *frame.Frame) error {
 // goroutine and never waits on the client.
 type sessionSink struct{ s *Session }
 
-func (k sessionSink) Deliver(data []byte, command string, received time.Time) {
+func (k sessionSink) Deliver(f broker.Frame) {
 	s := k.s
 	if s.resumes.n.Load() > 0 {
-		if sub, seq, ok := deliveryInfo(data, s.ver()); ok {
+		if sub, seq, ok := deliveryInfo(f.Data, s.ver()); ok {
 			if rs := s.resumes.get(sub); rs != nil {
-				out, overflow, done := rs.filter(data, seq, s.env.cfg.SendBufferBytes)
+				out, overflow, done := rs.filter(f.Data, seq, s.env.cfg.SendBufferBytes)
 				if overflow {
 					s.close(ReasonSlowConsumer, "live messages piled up faster than the resume could replay")
 				}
@@ -696,14 +696,14 @@ func (k sessionSink) Deliver(data []byte, command string, received time.Time) {
 				if out == nil {
 					return
 				}
-				data = out
+				f = broker.NewFrame(out, f.Command, f.Received)
 			}
 		}
 	}
 	if s.env.trace.enabled {
-		s.env.trace.logEncoded(s.log, data, s.ver())
+		s.env.trace.logEncoded(s.log, f.Data, s.ver())
 	}
-	_ = s.out.Enqueue(data, command, received)
+	_ = s.out.Enqueue(f)
 }
 
 func (k sessionSink) Receipt(id string) {
@@ -716,7 +716,7 @@ func (k sessionSink) Receipt(id string) {
 	}
 	r := frame.New(frame.RECEIPT, frame.ReceiptId, id)
 	s.env.trace.log(s.log, "out", r)
-	if s.out.Enqueue(stomp.AppendFrame(nil, r, s.ver()), frame.RECEIPT, time.Time{}) != nil {
+	if s.out.Enqueue(broker.NewFrame(stomp.AppendFrame(nil, r, s.ver()), frame.RECEIPT, time.Time{})) != nil {
 		return
 	}
 	if d := s.disconnectReceipt.Load(); d != nil && *d == id {

@@ -90,7 +90,7 @@ func (w sockjsWire) next(deadline time.Time) (io.Reader, error) {
 
 func (w sockjsWire) write(batch []outFrame, _ [][]byte, _ time.Time) error {
 	for i := range batch {
-		if err := w.sj.Send(string(batch[i].data)); err != nil {
+		if err := w.sj.Send(string(batch[i].Data)); err != nil {
 			return err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -49,21 +50,19 @@ func (w wsWire) next(deadline time.Time) (io.Reader, error) {
 	return r, err
 }
 
+// write appends each frame of the batch to bufConn as one WebSocket
+// message (one unfragmented, unmasked server frame: gorilla's own writer
+// would take a lock, a channel hand-off, a socket deadline and a copy per
+// message, for bytes that only go to bufConn anyway; no compression is
+// negotiated) and flushes them in one write. Pongs go through gorilla.
 func (w wsWire) write(batch []outFrame, pongs [][]byte, deadline time.Time) error {
-	_ = w.ws.SetWriteDeadline(deadline)
 	for _, p := range pongs {
 		if err := w.ws.WriteControl(websocket.PongMessage, p, deadline); err != nil {
 			return err
 		}
 	}
 	for i := range batch {
-		mt := websocket.TextMessage
-		if batch[i].binary {
-			mt = websocket.BinaryMessage
-		}
-		if err := w.ws.WriteMessage(mt, batch[i].data); err != nil {
-			return err
-		}
+		w.bc.appendMessage(batch[i].Binary, batch[i].Data)
 	}
 	return w.bc.flush(deadline)
 }
@@ -71,18 +70,11 @@ func (w wsWire) write(batch []outFrame, pongs [][]byte, deadline time.Time) erro
 func (w wsWire) pending() bool { return w.bc.pending() }
 
 func (w wsWire) finish(final []byte, code int, deadline time.Time) bool {
-	written := false
 	if len(final) > 0 {
-		mt := websocket.TextMessage
-		if !utf8.Valid(final) {
-			mt = websocket.BinaryMessage
-		}
-		_ = w.ws.SetWriteDeadline(deadline)
-		written = w.ws.WriteMessage(mt, final) == nil
+		w.bc.appendMessage(!utf8.Valid(final), final)
 	}
 	_ = w.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), deadline)
-	_ = w.bc.flush(deadline)
-	return written
+	return w.bc.flush(deadline) == nil && len(final) > 0
 }
 
 func (w wsWire) close() { w.bc.Close() }
@@ -101,15 +93,53 @@ func (w wsWire) close() { w.bc.Close() }
 // gorilla's read buffer is empty and it is about to read the socket (and
 // possibly block). The session flushes its broker side there, so all the
 // frames that arrived together leave in one write.
+//
+// Between batches buf goes back to a pool: an idle session holds no write
+// buffer.
 type bufConn struct {
 	net.Conn
 	buf        []byte
 	beforeRead func()
 }
 
+// writeBuffers are bufConn's buffers between batches.
+var writeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+func (c *bufConn) grab() {
+	if c.buf == nil {
+		c.buf = (*writeBuffers.Get().(*[]byte))[:0]
+	}
+}
+
 func (c *bufConn) Write(p []byte) (int, error) {
+	c.grab()
 	c.buf = append(c.buf, p...)
 	return len(p), nil
+}
+
+// SetWriteDeadline is a no-op: gorilla calls it before every message it
+// writes, but writes only reach buf; flush sets the socket's deadline,
+// once per batch.
+func (c *bufConn) SetWriteDeadline(time.Time) error { return nil }
+
+// appendMessage appends data as one final, unmasked WebSocket frame
+// (RFC 6455 §5.2): opcode text, or binary when data is not UTF-8.
+func (c *bufConn) appendMessage(binary bool, data []byte) {
+	c.grab()
+	op := byte(0x81) // FIN | text
+	if binary {
+		op = 0x82 // FIN | binary
+	}
+	n := len(data)
+	switch {
+	case n < 126:
+		c.buf = append(c.buf, op, byte(n))
+	case n <= 0xFFFF:
+		c.buf = append(c.buf, op, 126, byte(n>>8), byte(n))
+	default:
+		c.buf = append(c.buf, op, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	c.buf = append(c.buf, data...)
 }
 
 // pending reports whether bytes wait for a flush.
@@ -127,17 +157,16 @@ func (c *bufConn) flush(deadline time.Time) error {
 		c.buf = c.buf[:copy(c.buf, c.buf[n:])]
 		return err
 	}
-	if cap(c.buf) > maxIdleWriteBuffer {
-		c.buf = nil // a burst grew it: give the memory back
-	} else {
-		c.buf = c.buf[:0]
-	}
+	if cap(c.buf) <= maxPooledWriteBuffer {
+		b := c.buf[:0]
+		writeBuffers.Put(&b)
+	} // else a burst grew it: let the GC have it
+	c.buf = nil
 	return nil
 }
 
-// maxIdleWriteBuffer is the most write buffer a session keeps between
-// batches.
-const maxIdleWriteBuffer = 64 << 10
+// maxPooledWriteBuffer is the largest write buffer kept in the pool.
+const maxPooledWriteBuffer = 64 << 10
 
 func (c *bufConn) Read(p []byte) (int, error) {
 	if c.beforeRead != nil {

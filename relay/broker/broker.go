@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-stomp/stomp/v3/frame"
 
@@ -46,8 +47,9 @@ type SessionInfo struct {
 // called from any goroutine and returns without waiting on the client.
 type Sink interface {
 	// Deliver hands over one frame (MESSAGE) already encoded for the
-	// client's version; received is when the broker side read it.
-	Deliver(data []byte, command string, received time.Time)
+	// client's version. The Frame's bytes may be shared with other
+	// sessions: nobody writes to them afterwards.
+	Deliver(f Frame)
 	// Receipt reports that the broker confirmed the operation that asked
 	// for receipt id.
 	Receipt(id string)
@@ -58,6 +60,22 @@ type Sink interface {
 	// Idle says the broker side has handed over everything it has read so
 	// far: a flush point for the session's socket.
 	Idle()
+}
+
+// Frame is an encoded frame for a client.
+type Frame struct {
+	Data    []byte
+	Command string // frame.MESSAGE, ...: for metrics
+	// Binary says Data is not valid UTF-8, so it must go out as a binary
+	// WebSocket message. Decided once per encoding, not per session.
+	Binary bool
+	// Received is when the broker side read it (relay latency).
+	Received time.Time
+}
+
+// NewFrame is a Frame of data with Binary decided.
+func NewFrame(data []byte, command string, received time.Time) Frame {
+	return Frame{Data: data, Command: command, Binary: !utf8.Valid(data), Received: received}
 }
 
 // Session is one client session's broker side. Operations may buffer;

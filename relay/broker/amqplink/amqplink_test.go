@@ -57,7 +57,8 @@ func (r *recorder) poke() {
 	}
 }
 
-func (r *recorder) Deliver(data []byte, command string, _ time.Time) {
+func (r *recorder) Deliver(d broker.Frame) {
+	data, command := d.Data, d.Command
 	p := stomp.NewParser(stomp.Limits{MaxFrameBytes: 32 << 20, MaxHeaders: 10000, MaxHeaderBytes: 1 << 20}, stomp.ServerCommands)
 	p.Version = r.v
 	p.Feed(data)

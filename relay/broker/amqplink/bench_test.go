@@ -8,6 +8,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/stompgate/stompgate/relay/broker"
 	"github.com/stompgate/stompgate/stomp"
 )
 
@@ -18,10 +19,10 @@ type nopSink struct {
 	last []byte
 }
 
-func (k *nopSink) Deliver(data []byte, _ string, _ time.Time) { k.n++; k.last = data }
-func (k *nopSink) Receipt(string)                             {}
-func (k *nopSink) Lost(error)                                 {}
-func (k *nopSink) Idle()                                      {}
+func (k *nopSink) Deliver(f broker.Frame) { k.n++; k.last = f.Data }
+func (k *nopSink) Receipt(string)         {}
+func (k *nopSink) Lost(error)             {}
+func (k *nopSink) Idle()                  {}
 
 func benchShared(b *testing.B, subs int, id func(i int) string, versions []stomp.Version) (*shared, []*nopSink) {
 	br := &Broker{cfg: Config{MaxFrameBytes: 16 << 20}, metrics: newMetrics(nil)}

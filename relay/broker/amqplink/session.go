@@ -463,9 +463,9 @@ func (s *session) lose(err error) {
 // receipts complete their slots, the rest passes through.
 type dedicatedSink struct{ s *session }
 
-func (k dedicatedSink) Deliver(data []byte, command string, received time.Time) {
+func (k dedicatedSink) Deliver(f broker.Frame) {
 	if !k.s.dead.Load() {
-		k.s.sink.Deliver(data, command, received)
+		k.s.sink.Deliver(f)
 	}
 }
 

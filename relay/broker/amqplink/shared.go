@@ -3,10 +3,12 @@ package amqplink
 import (
 	"fmt"
 	"hash/fnv"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-stomp/stomp/v3/frame"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -248,6 +250,10 @@ func (sh *shared) declare() error {
 // touched sessions are flushed and the batch is acked.
 const maxBatch = 256
 
+// batchYields is how many times the reader yields to amqp091-go's
+// delivery goroutine, finding nothing, before a batch ends.
+const batchYields = 2
+
 // read fans the queue's deliveries out to its local subscribers until the
 // channel closes. Per batch (what amqp091-go has buffered, at most
 // maxBatch) it calls Sink.Idle once for every session it touched and acks
@@ -268,8 +274,15 @@ func (sh *shared) read() {
 		now := time.Now()
 		last := d.DeliveryTag
 		sh.deliver(&d, batchNo, now, &touched, &enc)
+		// amqp091-go hands deliveries over an unbuffered channel from a
+		// goroutine that queues what the socket brought: right after a
+		// receive, that goroutine has not yet offered the next one even
+		// when it holds many. Yield to it before deciding that the batch
+		// is over, or every batch is one delivery and every session gets
+		// a write system call per message.
+		idle := 0
 	drain:
-		for range maxBatch - 1 {
+		for n := 1; n < maxBatch; {
 			select {
 			case d, ok = <-sh.dels:
 				if !ok {
@@ -277,8 +290,14 @@ func (sh *shared) read() {
 				}
 				last = d.DeliveryTag
 				sh.deliver(&d, batchNo, now, &touched, &enc)
+				n++
+				idle = 0
 			default:
-				break drain
+				if idle == batchYields {
+					break drain
+				}
+				idle++
+				runtime.Gosched()
 			}
 		}
 		sh.b.flush(touched)
@@ -347,7 +366,8 @@ func (sh *shared) deliver(d *amqp.Delivery, batchNo uint64, now time.Time, touch
 			m.drops.WithLabelValues("session_closed").Inc()
 			continue
 		}
-		ls.s.sink.Deliver(enc.frame(ls.v, ls.id), frame.MESSAGE, now)
+		data, binary := enc.frame(ls.v, ls.id)
+		ls.s.sink.Deliver(broker.Frame{Data: data, Command: frame.MESSAGE, Binary: binary, Received: now})
 		n++
 		if ls.mark != batchNo {
 			ls.mark = batchNo
@@ -366,9 +386,9 @@ type encoder struct {
 	qid    string
 	seq    uint64
 	dest   string
-	tails  [3][]byte         // by version (1.0, 1.1, 1.2): "redelivered:...\n<headers>content-length:N\n\n<body>\x00"
-	frames []encoded         // the first few (version, id) pairs, searched in turn
-	more   map[encKey][]byte // the rest, when sessions use many ids
+	tails  [3][]byte          // by version (1.0, 1.1, 1.2): "redelivered:...\n<headers>content-length:N\n\n<body>\x00"
+	frames []encoded          // the first few (version, id) pairs, searched in turn
+	more   map[encKey]encoded // the rest, when sessions use many ids
 }
 
 type encKey struct {
@@ -377,9 +397,10 @@ type encKey struct {
 }
 
 type encoded struct {
-	v    stomp.Version
-	id   string
-	data []byte
+	v      stomp.Version
+	id     string
+	data   []byte
+	binary bool // not UTF-8: a binary WebSocket message
 }
 
 func (e *encoder) reset(d *amqp.Delivery, qid, dest string) {
@@ -399,17 +420,18 @@ func (e *encoder) reset(d *amqp.Delivery, qid, dest string) {
 const maxLinear = 8
 
 // frame returns the MESSAGE for a subscriber speaking v with subscription
-// id: headers in RabbitMQ's order (subscription, destination, message-id,
+// id, and whether it is not valid UTF-8 (decided here, once per encoding,
+// not by every session): headers in RabbitMQ's order (subscription, destination, message-id,
 // redelivered, custom headers, properties, content-length). The message
 // id, "T_<id>@@<queue>@@<n>", is unique within a session as RabbitMQ's is.
-func (e *encoder) frame(v stomp.Version, id string) []byte {
+func (e *encoder) frame(v stomp.Version, id string) ([]byte, bool) {
 	for _, f := range e.frames {
 		if f.v == v && f.id == id {
-			return f.data
+			return f.data, f.binary
 		}
 	}
-	if b, ok := e.more[encKey{v, id}]; ok {
-		return b
+	if f, ok := e.more[encKey{v, id}]; ok {
+		return f.data, f.binary
 	}
 	tail := e.tail(v)
 	seq := strconv.FormatUint(e.seq, 10)
@@ -426,15 +448,16 @@ func (e *encoder) frame(v stomp.Version, id string) []byte {
 	b = append(b, seq...)
 	b = append(b, '\n')
 	b = append(b, tail...)
+	f := encoded{v: v, id: id, data: b, binary: !utf8.Valid(b)}
 	if len(e.frames) < maxLinear {
-		e.frames = append(e.frames, encoded{v: v, id: id, data: b})
+		e.frames = append(e.frames, f)
 	} else {
 		if e.more == nil {
-			e.more = map[encKey][]byte{}
+			e.more = map[encKey]encoded{}
 		}
-		e.more[encKey{v, id}] = b
+		e.more[encKey{v, id}] = f
 	}
-	return b
+	return b, f.binary
 }
 
 func (e *encoder) tail(v stomp.Version) []byte {

@@ -484,7 +484,7 @@ func (s *session) deliver(c *consumer, m *message) {
 	}
 	f.Header.Add(frame.ContentLength, strconv.Itoa(len(m.body)))
 	f.Body = m.body
-	s.sink.Deliver(stomp.AppendMessage(nil, f, s.info.Version), frame.MESSAGE, time.Now())
+	s.sink.Deliver(broker.NewFrame(stomp.AppendMessage(nil, f, s.info.Version), frame.MESSAGE, time.Now()))
 	s.b.idle[s] = struct{}{}
 }
 

@@ -379,7 +379,7 @@ func (c *conn) read() {
 			if d := c.clientDestination(f.Header.Get(frame.Subscription)); d != "" {
 				f.Header.Set(frame.Destination, d)
 			}
-			c.sink.Deliver(stomp.AppendMessage(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, c.version), frame.MESSAGE, received)
+			c.sink.Deliver(broker.NewFrame(stomp.AppendMessage(make([]byte, 0, 128+len(f.Body)+32*f.Header.Len()), f, c.version), frame.MESSAGE, received))
 		case frame.RECEIPT:
 			c.sink.Receipt(f.Header.Get(frame.ReceiptId))
 		case frame.ERROR:
