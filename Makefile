@@ -4,7 +4,7 @@ GO ?= go
 export EDGE_JWT_HS256_SECRET ?= dev-only-secret-change-me-0123456789abcdef
 BIN := bin
 
-.PHONY: run test test-unit services build go-test fuzz js-test e2e bench soak lint clean
+.PHONY: run test test-unit services build go-test fuzz js-test e2e bench soak lint clean faults
 
 ## run: prepare RabbitMQ + PostgreSQL, build, start the persister and the edge on :8080
 run: services build
@@ -48,6 +48,11 @@ e2e: build
 	@bash scripts/browser.sh
 	@bash scripts/nginx.sh
 	cd e2e && npm ci --no-audit --no-fund --loglevel=error && node --test --test-concurrency=1
+
+## faults: every fault scenario of internal/faults (docs/RELIABILITY.md), the long ones included
+## (30 s Postgres outage, 2,000-client drain and reconnect storm); not part of CI
+faults: services
+	STOMPGATE_FAULTS=1 $(GO) test -count=1 -v -timeout 15m ./internal/faults
 
 ## bench: long benchmarks, not part of CI (see docs/BENCHMARKS.md)
 bench: services build
