@@ -9,13 +9,17 @@
 //	session.go   Session: the STOMP state machine, on the reader goroutine;
 //	             the subscription table; sessionSink (what the broker pushes)
 //	guard.go     Guard: SPEC §3's check order over auth, pure
-//	outbox.go    Outbox: the only writer of the socket; bufConn under gorilla
+//	outbox.go    Outbox: the only writer of the client connection
+//	wire.go      wire: the client transport (wsWire: gorilla + bufConn)
+//	sockjs.go    /sockjs/: SockJS sessions on the same Session (sockjsWire)
+//	resume.go    x-resume-after: replay from the journal, then live
 //	close.go     CloseReason: codes, metric labels, close codes, log levels
 //	clock.go     Clock: expiry and timers, injectable for tests
 //	trace.go     the opt-in, redacted frame trace (EDGE_LOG_FRAMES)
 //	broker/      the seam: Broker, Session (typed ops), Sink (pushed events)
 //	broker/stompconn  one STOMP connection to RabbitMQ per session
 //	broker/memory     in-memory double with RabbitMQ's semantics (tests)
+//	broker/amqplink   shared AMQP links with local fan-out (the default)
 //
 // # Goroutines of one session
 //
