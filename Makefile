@@ -4,7 +4,7 @@ GO ?= go
 export EDGE_JWT_HS256_SECRET ?= dev-only-secret-change-me-0123456789abcdef
 BIN := bin
 
-.PHONY: run test test-unit services build go-test fuzz js-test e2e bench soak lint clean faults
+.PHONY: run test test-unit services build go-test fuzz js-test e2e bench clean faults
 
 ## run: prepare RabbitMQ + PostgreSQL, build, start the persister and the edge on :8080
 run: services build
@@ -57,6 +57,7 @@ faults: services
 ## bench: long benchmarks, not part of CI (see docs/BENCHMARKS.md)
 bench: services build
 	$(GO) test -run '^$$' -bench . -benchmem ./relay ./persist
+	STOMPGATE_BENCH=1 $(GO) test -run TestResumeReplayTiming -count=1 -v ./relay
 	bash scripts/bench.sh
 
 clean:
