@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -19,6 +20,7 @@ type Mode string
 const (
 	ModeClosed Mode = "closed" // at most Inflight unreceived messages per pair
 	ModeRate   Mode = "rate"   // Rate messages/s in total, open loop
+	ModeIdle   Mode = "idle"   // Conns subscribed sessions that send nothing, held for Duration; memory per session
 )
 
 // options is one load test, from flags (and STOMPLOAD_TOKEN_SECRET).
@@ -43,6 +45,8 @@ type options struct {
 	User        string        // --user, JWT subject prefix; pair i is <user>-<i>; default stompload-<run-id>
 	RunID       string        // --run-id, default random
 	Timeout     time.Duration // --connect-timeout, per connection (upgrade + CONNECT + SUBSCRIBE receipt), default 10s
+	Conns       int           // --conns, idle mode: sessions to open and hold, default 1000
+	PIDs        []namedPID    // --pids name=pid,...: idle mode reports each process's RSS delta per session
 	AllowRemote bool          // --allow-remote, allow a non-loopback URL (default: loopback only)
 	Quiet       bool          // --quiet, no progress lines
 }
@@ -63,7 +67,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (opti
 	fs.StringVar(&c.Vhost, "vhost", "", "CONNECT host header (virtual host)")
 	fs.StringVar(&c.Origin, "origin", "", "Origin header sent with the upgrade")
 	fs.StringVar(&c.Dest, "dest", "", "destination (default /topic/bench.<run-id>; pair i>0 gets .<i> appended)")
-	fs.StringVar(&mode, "mode", string(ModeClosed), "closed (at most --inflight per pair) or rate (--rate msgs/s)")
+	fs.StringVar(&mode, "mode", string(ModeClosed), "closed (at most --inflight per pair), rate (--rate msgs/s) or idle (--conns subscribed sessions held for --duration)")
+	fs.IntVar(&c.Conns, "conns", 1000, "idle mode: sessions to open, each subscribed to --dest, then held")
+	var pids string
+	fs.StringVar(&pids, "pids", "", "idle mode: name=pid,... of server processes (edge, beam.smp) whose RSS growth per session is reported")
 	fs.IntVar(&c.Inflight, "inflight", 100, "closed mode: messages in flight per pair")
 	fs.Float64Var(&c.Rate, "rate", 1000, "rate mode: messages per second over all pairs")
 	fs.IntVar(&c.Size, "size", 256, "message body bytes")
@@ -87,6 +94,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (opti
 		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	c.Mode = Mode(mode)
+	var perr error
+	if c.PIDs, perr = parsePIDs(pids); perr != nil {
+		return c, perr
+	}
 	if c.TokenSecret == "" {
 		c.TokenSecret = getenv("STOMPLOAD_TOKEN_SECRET")
 	}
@@ -132,8 +143,12 @@ func (c options) validate() error {
 		if c.Rate <= 0 {
 			bad("--rate must be positive")
 		}
+	case ModeIdle:
+		if c.Conns < 1 || c.Conns > 100000 {
+			bad("--conns must be between 1 and 100000")
+		}
 	default:
-		bad("--mode must be closed or rate, not %q", c.Mode)
+		bad("--mode must be closed, rate or idle, not %q", c.Mode)
 	}
 	if c.Size < minBody || c.Size > 1<<20 {
 		bad("--size must be between %d and %d bytes", minBody, 1<<20)
@@ -186,4 +201,26 @@ func (c options) scope(i int) string {
 		return c.Scope
 	}
 	return "send:" + c.dest(i) + " subscribe:" + c.dest(i)
+}
+
+// namedPID is a process whose memory the idle mode watches.
+type namedPID struct {
+	Name string
+	PID  int
+}
+
+func parsePIDs(s string) ([]namedPID, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []namedPID
+	for _, kv := range strings.Split(s, ",") {
+		name, v, ok := strings.Cut(kv, "=")
+		pid, err := strconv.Atoi(v)
+		if !ok || name == "" || err != nil || pid <= 0 {
+			return nil, fmt.Errorf("--pids: %q is not name=pid", kv)
+		}
+		out = append(out, namedPID{name, pid})
+	}
+	return out, nil
 }

@@ -4,7 +4,7 @@
 // measures end-to-end latency: each message carries its send time, read by
 // a subscriber in the same process on the same monotonic clock.
 //
-// Two modes:
+// Three modes:
 //
 //	closed  each pair keeps at most --inflight messages published but not
 //	        yet received, refilling the window a quarter at a time in one
@@ -13,6 +13,9 @@
 //	        whatever happens; latency is counted from each message's
 //	        scheduled send time, so a stalled publisher shows up as latency
 //	        (no coordinated omission).
+//	idle    --conns sessions connect and subscribe, then send nothing for
+//	        --duration; with --pids it reports how much each watched
+//	        process (the edge, beam.smp) grew per session (VmRSS).
 //
 // It is built to cost little per message, so that it measures the server
 // (docs/BENCHMARKS.md, "stompload as an instrument"): writes are coalesced
@@ -55,6 +58,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	cfg, err := parseConfig(args, getenv, stdout)
 	if err != nil {
 		return err
+	}
+	if cfg.Mode == ModeIdle {
+		res, err := runIdle(ctx, cfg, stdout)
+		if err != nil {
+			return err
+		}
+		return res.write(stdout)
 	}
 	res, err := newLoad(cfg, stdout).run(ctx)
 	if err != nil {

@@ -192,3 +192,27 @@ func TestStampRoundTrip(t *testing.T) {
 		t.Error("short body parsed")
 	}
 }
+
+func TestIdleThroughEdge(t *testing.T) {
+	t.Parallel()
+	url := startEdge(t)
+	env := map[string]string{"STOMPLOAD_TOKEN_SECRET": testenv.Secret}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	// The edge runs in this process: its growth is stompload's own.
+	err := run(ctx, []string{"stompload", "--url", url, "--mode", "idle", "--conns", "20", "--duration", "200ms",
+		"--pids", fmt.Sprintf("self=%d", os.Getpid()), "--quiet"}, func(k string) string { return env[k] }, &out)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var r idleResult
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
+		t.Fatalf("last line is not the JSON result: %v\n%s", err, out.String())
+	}
+	t.Logf("%s", out.String())
+	if r.Connected != 20 || r.Errors != 0 || len(r.Processes) != 1 || r.Processes[0].AfterKB == 0 {
+		t.Fatalf("idle result %+v", r)
+	}
+}

@@ -40,3 +40,12 @@ func sleepUntil(ctx context.Context, t time.Time) {
 		_ = unix.Nanosleep(&ts, nil)
 	}
 }
+
+// cpuSeconds is the user+system CPU time this process has used.
+func cpuSeconds() float64 {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"time"
 )
 
 // result is the report of one run; its JSON form is the last line stompload
@@ -27,6 +28,11 @@ type result struct {
 	FirstError string  `json:"first_error,omitempty"`
 	Throughput float64 `json:"throughput_msgs_per_s"` // Measured / duration
 	Latency    latency `json:"latency_ms"`            // of messages sent within the measured duration
+	// LoadgenCPU is the CPU time stompload itself used (user+system
+	// seconds, whole run), and its share of the wall time in cores: a
+	// load generator near the machine's core count measures itself.
+	LoadgenCPU      float64 `json:"loadgen_cpu_s"`
+	LoadgenCPUCores float64 `json:"loadgen_cpu_cores"`
 }
 
 type latency struct {
@@ -54,6 +60,10 @@ func (l *load) result() *result {
 	}
 	r.Lost = max(r.Sent*int64(max(c.Fanout, 1))-r.Received, 0)
 	r.Throughput = math.Round(float64(r.Measured)/c.Duration.Seconds()*10) / 10
+	r.LoadgenCPU = math.Round(cpuSeconds()*100) / 100
+	if wall := time.Since(l.start).Seconds(); wall > 0 {
+		r.LoadgenCPUCores = math.Round(r.LoadgenCPU/wall*100) / 100
+	}
 	l.errMu.Lock()
 	if l.firstErr != nil {
 		r.FirstError = l.firstErr.Error()
@@ -87,6 +97,7 @@ func (r *result) write(w io.Writer) error {
 	fmt.Fprintf(w, "latency     p50 %.3f ms  p95 %.3f ms  p99 %.3f ms  p99.9 %.3f ms  max %.3f ms  (%d samples)\n",
 		r.Latency.P50, r.Latency.P95, r.Latency.P99, r.Latency.P999, r.Latency.Max, r.Latency.Count)
 	fmt.Fprintf(w, "messages    sent %d  received %d  lost %d\n", r.Sent, r.Received, r.Lost)
+	fmt.Fprintf(w, "stompload   %.2f CPU s (%.2f cores over the run)\n", r.LoadgenCPU, r.LoadgenCPUCores)
 	fmt.Fprintf(w, "errors      %d", r.Errors)
 	if r.FirstError != "" {
 		fmt.Fprintf(w, " (first: %s)", r.FirstError)
