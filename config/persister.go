@@ -110,9 +110,15 @@ type Persister struct {
 	// was written and broadcast (no waiting). PERSIST_JOURNAL_BATCH_SIZE,
 	// messages, default 500, 1 to 10000; the prefetch is twice this.
 	JournalBatchSize int
+	// JournalPollInterval is how often the journal leader looks for rows
+	// that applications committed with stompgate_publish (one indexed
+	// query over the streams with unbroadcast rows): it bounds the delay
+	// from COMMIT to broadcast. PERSIST_JOURNAL_POLL_INTERVAL, duration,
+	// default 5ms, at least 1ms.
+	JournalPollInterval time.Duration
 	// JournalScanInterval is how often the journal leader scans every
 	// stream for committed rows not yet broadcast (a safety net beside
-	// NOTIFY). PERSIST_JOURNAL_SCAN_INTERVAL, duration, default 5s.
+	// the poll). PERSIST_JOURNAL_SCAN_INTERVAL, duration, default 5s.
 	JournalScanInterval time.Duration
 	// JournalLockPoll is how often a standby persister tries to take over
 	// the journal lead. PERSIST_JOURNAL_LOCK_POLL, duration, default 250ms.
@@ -152,6 +158,7 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 		JournalExchange:     e.String("PERSIST_JOURNAL_EXCHANGE", "stompgate.ingest"),
 		JournalQueue:        e.String("PERSIST_JOURNAL_QUEUE", "stompgate.ingest"),
 		JournalBatchSize:    e.Int("PERSIST_JOURNAL_BATCH_SIZE", 500, 1),
+		JournalPollInterval: e.Duration("PERSIST_JOURNAL_POLL_INTERVAL", 5*time.Millisecond, time.Millisecond),
 		JournalScanInterval: e.Duration("PERSIST_JOURNAL_SCAN_INTERVAL", 5*time.Second, 10*time.Millisecond),
 		JournalLockPoll:     e.Duration("PERSIST_JOURNAL_LOCK_POLL", 250*time.Millisecond, time.Millisecond),
 	}

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -38,11 +36,6 @@ const (
 // messages they hold as well.
 const maxInflight = 8
 
-// notifyBuffer is how many stream notifications wait for the leader while
-// it writes a batch. When full, the listener drops them and asks for a
-// scan of every stream instead, so it never blocks and nothing is missed.
-const notifyBuffer = 4096
-
 // errLostLead is returned when the leader's Postgres connection, and with
 // it the advisory lock, is gone.
 var errLostLead = errors.New("journal leader connection lost")
@@ -54,9 +47,12 @@ var errLostLead = errors.New("journal leader connection lost")
 // writes the next batch while confirms are outstanding (at most
 // maxInflight runs). Confirmed broadcasts are recorded in
 // stompgate_streams.broadcast_seq lazily (a restart hint: at-least-once
-// broadcast). It also
-// broadcasts what applications commit with stompgate_publish (on NOTIFY
-// stompgate_journal, and a periodic scan), in seq order with the rest.
+// broadcast). It also broadcasts what applications commit with
+// stompgate_publish, in seq order with the rest: every
+// cfg.JournalPollInterval it reads the streams with committed rows not yet
+// marked broadcast (a partial index keeps that cheap) and compares them
+// with what it has published itself; every cfg.JournalScanInterval it
+// scans every stream as a safety net.
 //
 // Leadership: of several persisters on one database, exactly one leads:
 // the one holding a session advisory lock on its own Postgres connection,
@@ -70,9 +66,7 @@ var errLostLead = errors.New("journal leader connection lost")
 //
 // Goroutines: Run runs one leadership at a time in its own goroutine; a
 // leadership has one goroutine that owns the Postgres connection, the
-// broadcast state and both AMQP channels, plus one listener goroutine
-// that reads notifications on a second connection and hands them over on
-// a bounded channel.
+// broadcast state and both AMQP channels.
 type Journal struct {
 	cfg     config.Persister
 	topo    JournalTopology
@@ -133,7 +127,6 @@ type leader struct {
 	// inflight are the published runs whose confirms are outstanding,
 	// oldest first; they are settled (acked) in this order.
 	inflight []*flight
-	rescan   atomic.Bool // set by the listener when notes overflowed
 }
 
 // flight is one published run awaiting its confirms, with the deliveries
@@ -200,36 +193,6 @@ func (j *Journal) lead(ctx context.Context) error {
 
 	l := &leader{j: j, db: db, published: map[string]int64{}, unmarked: map[string]int64{}}
 
-	// LISTEN before the first scan, so that nothing committed in between
-	// is missed.
-	ldb, err := j.connectDB(ctx, "journal-listen")
-	if err != nil {
-		return err
-	}
-	defer ldb.Close(context.WithoutCancel(ctx))
-	if _, err := ldb.Exec(ctx, `LISTEN `+JournalChannel); err != nil {
-		return fmt.Errorf("listen %s: %w", JournalChannel, err)
-	}
-	lctx, stopListen := context.WithCancel(ctx)
-	notes := make(chan string, notifyBuffer)
-	listenErr := make(chan error, 1) // the listener's single result
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			n, err := ldb.WaitForNotification(lctx)
-			if err != nil {
-				listenErr <- err
-				return
-			}
-			select {
-			case notes <- n.Payload:
-			default:
-				l.rescan.Store(true)
-			}
-		}
-	})
-	defer func() { stopListen(); wg.Wait() }()
-
 	if err := l.dial(); err != nil {
 		return err
 	}
@@ -249,6 +212,8 @@ func (j *Journal) lead(ctx context.Context) error {
 	j.log.Info("journal consuming", "queue", j.cfg.JournalQueue, "exchange", j.cfg.JournalExchange)
 	scan := time.NewTicker(j.cfg.JournalScanInterval)
 	defer scan.Stop()
+	poll := time.NewTicker(j.cfg.JournalPollInterval)
+	defer poll.Stop()
 	mark := time.NewTicker(markInterval)
 	defer mark.Stop()
 	closedErr := func(e *amqp.Error, what string) error {
@@ -279,8 +244,6 @@ func (j *Journal) lead(ctx context.Context) error {
 			return closedErr(e, "consume channel")
 		case e := <-publishClosed:
 			return closedErr(e, "publish channel")
-		case err := <-listenErr:
-			return fmt.Errorf("journal listener: %w", err)
 		case <-confirmed:
 			if err := l.settle(ctx, len(l.inflight)); err != nil {
 				return err
@@ -291,27 +254,11 @@ func (j *Journal) lead(ctx context.Context) error {
 			if err := l.mark(ctx); err != nil {
 				return err
 			}
-		case s := <-notes:
-			set := map[string]bool{s: true}
-			for more := true; more && len(set) < notifyBuffer; {
-				select {
-				case s := <-notes:
-					set[s] = true
-				default:
-					more = false
-				}
-			}
-			var streams []string
-			if !l.rescan.Swap(false) {
-				for s := range set {
-					streams = append(streams, s)
-				}
-			}
-			if err := l.catchUp(ctx, streams); err != nil {
+		case <-poll.C:
+			if err := l.poll(ctx); err != nil {
 				return err
 			}
 		case <-scan.C:
-			l.rescan.Store(false)
 			if err := l.catchUp(ctx, nil); err != nil {
 				return err
 			}
@@ -560,6 +507,33 @@ func (l *leader) process(ctx context.Context, ds []amqp.Delivery) error {
 	// Published now, acked once confirmed (settle); the next batch is
 	// written meanwhile.
 	return l.broadcast(ctx, entries, ds, reasons)
+}
+
+// poll broadcasts what applications committed with stompgate_publish
+// since the last poll: it reads the streams whose last_seq is above their
+// broadcast_seq (the partial index stompgate_streams_pending) and catches
+// up those whose last_seq is also above what this leader has published.
+// The comparison is with the leader's own record because broadcast_seq is
+// recorded lazily: streams it has just broadcast (its /app/ batches
+// included) stay dirty in the table for up to markInterval, and must not
+// be broadcast again.
+func (l *leader) poll(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	dirty, err := dirtyStreams(qctx, l.db)
+	cancel()
+	if err != nil {
+		return l.dbFailed(err)
+	}
+	var streams []string
+	for _, d := range dirty {
+		if d.last > l.published[d.stream] {
+			streams = append(streams, d.stream)
+		}
+	}
+	if len(streams) == 0 {
+		return nil
+	}
+	return l.catchUp(ctx, streams)
 }
 
 // catchUp broadcasts what is committed but not broadcast yet on streams

@@ -12,10 +12,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// JournalChannel is the Postgres notification channel stompgate_publish
-// notifies (payload: the stream) when its transaction commits.
-const JournalChannel = "stompgate_journal"
-
 // Entry is one journaled message as stored: a row of stompgate_messages
 // with a stream and seq. It is what the journal broadcasts (see
 // Entry.Publishing) and what history and resume read back.
@@ -336,6 +332,35 @@ func pendingEntries(ctx context.Context, conn *pgx.Conn, streams []string, publi
 	out, err := pgx.CollectRows(rows, scanEntry)
 	if err != nil {
 		return nil, fmt.Errorf("read pending journal: %w", err)
+	}
+	return out, nil
+}
+
+// dirtyStream is a stream with committed rows above its broadcast mark.
+type dirtyStream struct {
+	stream string
+	last   int64
+}
+
+// dirtyStreams reads the streams whose last_seq is above broadcast_seq:
+// committed rows that may not be broadcast yet (stompgate_publish rows,
+// and the leader's own rows until their mark is recorded). The partial
+// index stompgate_streams_pending holds exactly these streams, so the
+// query costs what they are, not what the table is. It sees only
+// committed rows and takes no locks: an application transaction still
+// holding a stream's row is not waited for.
+func dirtyStreams(ctx context.Context, conn *pgx.Conn) ([]dirtyStream, error) {
+	rows, err := conn.Query(ctx, `SELECT stream, last_seq FROM stompgate_streams WHERE last_seq > broadcast_seq`)
+	if err != nil {
+		return nil, fmt.Errorf("poll journal: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (dirtyStream, error) {
+		var d dirtyStream
+		err := r.Scan(&d.stream, &d.last)
+		return d, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("poll journal: %w", err)
 	}
 	return out, nil
 }
