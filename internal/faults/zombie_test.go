@@ -23,6 +23,7 @@ import (
 // and heap must come back to the baseline. The edge runs in the test
 // process so that runtime.NumGoroutine and the heap measure it; the
 // zombies' own sockets hold no goroutine.
+// Not parallel: it counts the goroutines of the whole test process.
 func TestZombiesAreClosedAndReleased(t *testing.T) {
 	testenv.Integration(t)
 	const (
