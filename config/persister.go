@@ -28,6 +28,12 @@ type Persister struct {
 	// PERSIST_AMQP_URL, default
 	// amqp://stompgate-persister:stompgate-persister@127.0.0.1:5672/stompgate.
 	AMQPURL string
+	// AMQPURLs are the nodes of a RabbitMQ cluster to consume from, tried
+	// in turn on every (re)connect starting after the one last used; the
+	// archive and the journal fail over through them when a node goes.
+	// PERSIST_AMQP_URLS, comma list of amqp:// or amqps:// URLs, default
+	// the one PERSIST_AMQP_URL.
+	AMQPURLs []string
 	// DatabaseURL is the Postgres database the archive is written to. The
 	// database is created at start when missing. PERSIST_DATABASE_URL,
 	// default postgres://postgres@127.0.0.1:5432/stompgate?sslmode=disable.
@@ -134,6 +140,7 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 	e := env{get: getenv}
 	c := Persister{
 		AMQPURL:         e.String("PERSIST_AMQP_URL", "amqp://stompgate-persister:stompgate-persister@127.0.0.1:5672/stompgate"),
+		AMQPURLs:        e.List("PERSIST_AMQP_URLS", ""),
 		DatabaseURL:     e.String("PERSIST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/stompgate?sslmode=disable"),
 		Bindings:        e.List("PERSIST_BINDINGS", "#"),
 		Queue:           e.String("PERSIST_QUEUE", "stompgate.archive"),
@@ -164,6 +171,14 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 	}
 	if u, err := url.Parse(c.AMQPURL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
 		e.fail("PERSIST_AMQP_URL", "%q is not an amqp:// or amqps:// URL", redactURL(c.AMQPURL))
+	}
+	for _, s := range c.AMQPURLs {
+		if u, err := url.Parse(s); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
+			e.fail("PERSIST_AMQP_URLS", "%q is not an amqp:// or amqps:// URL", redactURL(s))
+		}
+	}
+	if len(c.AMQPURLs) == 0 {
+		c.AMQPURLs = []string{c.AMQPURL}
 	}
 	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		e.fail("PERSIST_DATABASE_URL", "%q is not a postgres:// URL", redactURL(c.DatabaseURL))

@@ -122,3 +122,24 @@ func TestLoadPersisterErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadPersisterAMQPURLs(t *testing.T) {
+	c, err := LoadPersister(mapenv(map[string]string{"PERSIST_AMQP_URL": "amqp://u:p@one/v"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.AMQPURLs) != 1 || c.AMQPURLs[0] != "amqp://u:p@one/v" {
+		t.Fatalf("AMQPURLs from PERSIST_AMQP_URL = %v", c.AMQPURLs)
+	}
+	c, err = LoadPersister(mapenv(map[string]string{"PERSIST_AMQP_URLS": "amqp://u:p@r1:5672/v, amqps://u:p@r2/v,amqp://u:p@r3/v"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.AMQPURLs, ","); got != "amqp://u:p@r1:5672/v,amqps://u:p@r2/v,amqp://u:p@r3/v" {
+		t.Fatalf("AMQPURLs = %s", got)
+	}
+	_, err = LoadPersister(mapenv(map[string]string{"PERSIST_AMQP_URLS": "amqp://u:p@r1/v,http://u:secret@r2/v"}))
+	if err == nil || !strings.Contains(err.Error(), "PERSIST_AMQP_URLS") || strings.Contains(err.Error(), "secret") {
+		t.Fatalf("bad URL in the list: %v", err)
+	}
+}

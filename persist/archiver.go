@@ -127,7 +127,7 @@ func (a *Archiver) Run(ctx context.Context) error {
 }
 
 func (a *Archiver) dial() (*session, error) {
-	conn, err := amqp.DialConfig(a.cfg.AMQPURL, amqp.Config{
+	conn, err := dialNodes(a.cfg, amqp.Config{
 		Heartbeat: amqpHeartbeat,
 		Locale:    "en_US",
 		Dial:      amqp.DefaultDial(dialTimeout),

@@ -361,7 +361,7 @@ func (l *leader) drain(ctx context.Context, tag string, deliveries <-chan amqp.D
 
 func (l *leader) dial() error {
 	j := l.j
-	conn, err := amqp.DialConfig(j.cfg.AMQPURL, amqp.Config{
+	conn, err := dialNodes(j.cfg, amqp.Config{
 		Heartbeat: amqpHeartbeat,
 		Locale:    "en_US",
 		Dial:      amqp.DefaultDial(dialTimeout),
