@@ -250,16 +250,20 @@ func (j *Journal) lead(ctx context.Context) error {
 			}
 		case <-expired:
 			return errors.New("broadcast: confirms not in within " + broadcastTimeout.String())
+		// The periodic work runs to its end when ctx is cancelled meanwhile
+		// (each query is bounded by writeTimeout): the poll runs every few
+		// milliseconds, and a stop that cut it off would skip drain and
+		// its final mark, widening the next leader's re-broadcast.
 		case <-mark.C:
-			if err := l.mark(ctx); err != nil {
+			if err := l.mark(context.WithoutCancel(ctx)); err != nil {
 				return err
 			}
 		case <-poll.C:
-			if err := l.poll(ctx); err != nil {
+			if err := l.poll(context.WithoutCancel(ctx)); err != nil {
 				return err
 			}
 		case <-scan.C:
-			if err := l.catchUp(ctx, nil); err != nil {
+			if err := l.catchUp(context.WithoutCancel(ctx), nil); err != nil {
 				return err
 			}
 		case d, ok := <-in:
@@ -511,12 +515,12 @@ func (l *leader) process(ctx context.Context, ds []amqp.Delivery) error {
 
 // poll broadcasts what applications committed with stompgate_publish
 // since the last poll: it reads the streams whose last_seq is above their
-// broadcast_seq (the partial index stompgate_streams_pending) and catches
-// up those whose last_seq is also above what this leader has published.
-// The comparison is with the leader's own record because broadcast_seq is
-// recorded lazily: streams it has just broadcast (its /app/ batches
-// included) stay dirty in the table for up to markInterval, and must not
-// be broadcast again.
+// claimed_seq (the partial index stompgate_streams_pending; the leader's
+// own batches advance claimed_seq with last_seq) and catches up those
+// whose last_seq is also above what this leader has published. The
+// comparison is with the leader's own record because the table's marks
+// are recorded lazily: a stream it has just caught up stays dirty in the
+// table for up to markInterval, and must not be broadcast again.
 func (l *leader) poll(ctx context.Context) error {
 	qctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	dirty, err := dirtyStreams(qctx, l.db)

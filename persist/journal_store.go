@@ -233,7 +233,11 @@ func writeJournalOnce(ctx context.Context, conn *pgx.Conn, rows []Row, marks map
 		}
 	}
 	if len(ss) > 0 {
-		b.Queue(`UPDATE stompgate_streams s SET last_seq = v.last, broadcast_seq = greatest(s.broadcast_seq, v.bcast)
+		// claimed_seq: this leader broadcasts everything up to last_seq
+		// right after COMMIT (process), so the poll need not look at the
+		// stream until an application publishes on it again.
+		b.Queue(`UPDATE stompgate_streams s SET last_seq = v.last, broadcast_seq = greatest(s.broadcast_seq, v.bcast),
+				claimed_seq = greatest(s.claimed_seq, v.last)
 			FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS v(stream, last, bcast) WHERE s.stream = v.stream`, ss, lasts, bcasts)
 	}
 	b.Queue(`COMMIT`)
@@ -336,21 +340,23 @@ func pendingEntries(ctx context.Context, conn *pgx.Conn, streams []string, publi
 	return out, nil
 }
 
-// dirtyStream is a stream with committed rows above its broadcast mark.
+// dirtyStream is a stream with committed rows the leader has not taken
+// charge of (last_seq > claimed_seq).
 type dirtyStream struct {
 	stream string
 	last   int64
 }
 
-// dirtyStreams reads the streams whose last_seq is above broadcast_seq:
-// committed rows that may not be broadcast yet (stompgate_publish rows,
-// and the leader's own rows until their mark is recorded). The partial
-// index stompgate_streams_pending holds exactly these streams, so the
-// query costs what they are, not what the table is. It sees only
+// dirtyStreams reads the streams whose last_seq is above claimed_seq:
+// rows committed with stompgate_publish that may not be broadcast yet
+// (and, until their mark is recorded, ones this leader has broadcast on
+// the poll's path already). The partial index stompgate_streams_pending
+// holds exactly these streams, so the query costs what they are, not
+// what the table is, nor the leader's own /app/ traffic. It sees only
 // committed rows and takes no locks: an application transaction still
 // holding a stream's row is not waited for.
 func dirtyStreams(ctx context.Context, conn *pgx.Conn) ([]dirtyStream, error) {
-	rows, err := conn.Query(ctx, `SELECT stream, last_seq FROM stompgate_streams WHERE last_seq > broadcast_seq`)
+	rows, err := conn.Query(ctx, `SELECT stream, last_seq FROM stompgate_streams WHERE last_seq > claimed_seq`)
 	if err != nil {
 		return nil, fmt.Errorf("poll journal: %w", err)
 	}
@@ -416,7 +422,7 @@ func markBroadcast(ctx context.Context, conn *pgx.Conn, marks map[string]int64) 
 	rows, err := conn.Query(ctx, `WITH v AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS v(stream, seq)),
 		l AS (SELECT s.stream FROM stompgate_streams s JOIN v ON s.stream = v.stream
 			ORDER BY s.stream FOR UPDATE OF s SKIP LOCKED)
-		UPDATE stompgate_streams s SET broadcast_seq = greatest(s.broadcast_seq, v.seq)
+		UPDATE stompgate_streams s SET broadcast_seq = greatest(s.broadcast_seq, v.seq), claimed_seq = greatest(s.claimed_seq, v.seq)
 		FROM v JOIN l ON l.stream = v.stream WHERE s.stream = v.stream RETURNING s.stream`, ss, seqs)
 	if err != nil {
 		return fmt.Errorf("mark broadcast: %w", err)

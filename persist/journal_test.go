@@ -3,6 +3,7 @@ package persist_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -258,7 +259,7 @@ func TestJournalPersistsThenBroadcasts(t *testing.T) {
 		t.Fatalf("journal rows: %d, %v", n, err)
 	}
 	testenv.WaitFor(t, 10*time.Second, func() error {
-		n, err := testenv.Count(ctx, pool, `SELECT count(*) FROM stompgate_streams WHERE last_seq = $1 AND broadcast_seq = $1`, per)
+		n, err := testenv.Count(ctx, pool, `SELECT count(*) FROM stompgate_streams WHERE last_seq = $1 AND broadcast_seq = $1 AND claimed_seq = $1`, per)
 		if err == nil && n != len(streams) {
 			err = fmt.Errorf("%d streams fully marked broadcast", n)
 		}
@@ -485,6 +486,15 @@ func TestStompgatePublishBroadcastsCommittedOnly(t *testing.T) {
 	if n := len(sub.snapshot()); n != want {
 		t.Fatalf("%d broadcasts, want %d", n, want)
 	}
+	// Once the broadcasts are recorded the stream leaves the poll's index.
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		n, err := testenv.Count(ctx, pool, `SELECT count(*) FROM stompgate_streams
+			WHERE stream = 'app.tx' AND broadcast_seq = $1 AND claimed_seq = $1 AND last_seq = $1`, want)
+		if err == nil && n != 1 {
+			err = errors.New("app.tx not marked broadcast")
+		}
+		return err
+	})
 }
 
 // stompgate_publish commits while no journal runs are broadcast when one

@@ -4,10 +4,21 @@
 -- holds it through the WAL flush), so notifying transactions cannot share
 -- an fsync: ~1,100 tx/s here against ~3,000 without (docs/BENCHMARKS.md).
 -- Instead the journal leader polls, every few milliseconds, the streams
--- that have committed rows not yet marked broadcast; this partial index
--- keeps that poll proportional to those streams, not to every stream.
+-- with rows it has not taken charge of: claimed_seq is the last seq the
+-- leader has taken charge of broadcasting, set in the transaction of its
+-- own batches (it publishes their rows, and anything older, right after
+-- COMMIT) and with broadcast_seq when it records confirmed broadcasts.
+-- stompgate_publish advances last_seq only, so last_seq > claimed_seq
+-- means "rows committed by an application, maybe not broadcast yet". The
+-- partial index keeps the poll proportional to those streams: not to
+-- every stream, and not to the streams the leader has just written
+-- itself (broadcast_seq is recorded lazily, up to 100 ms later).
+-- claimed_seq only steers the poll; what a new leader re-broadcasts is
+-- still decided by broadcast_seq (broadcast_seq <= claimed_seq <= last_seq).
+ALTER TABLE stompgate_streams ADD COLUMN claimed_seq bigint NOT NULL DEFAULT 0;
+UPDATE stompgate_streams SET claimed_seq = last_seq;
 CREATE INDEX stompgate_streams_pending ON stompgate_streams (stream)
-    WHERE last_seq > broadcast_seq;
+    WHERE last_seq > claimed_seq;
 
 -- The same function as in 00003 without the pg_notify: same signature,
 -- same checks, same row, returns the seq.
@@ -77,3 +88,4 @@ END
 $$;
 -- +goose StatementEnd
 DROP INDEX stompgate_streams_pending;
+ALTER TABLE stompgate_streams DROP COLUMN claimed_seq;
