@@ -514,30 +514,51 @@ func (l *leader) process(ctx context.Context, ds []amqp.Delivery) error {
 }
 
 // poll broadcasts what applications committed with stompgate_publish
-// since the last poll: it reads the streams whose last_seq is above their
-// claimed_seq (the partial index stompgate_streams_pending; the leader's
-// own batches advance claimed_seq with last_seq) and catches up those
-// whose last_seq is also above what this leader has published. The
-// comparison is with the leader's own record because the table's marks
-// are recorded lazily: a stream it has just caught up stays dirty in the
-// table for up to markInterval, and must not be broadcast again.
+// since the last poll, in one query: the pending rows of the streams
+// whose last_seq is above their claimed_seq (the partial index
+// stompgate_streams_pending; the leader's own batches advance claimed_seq
+// with last_seq, its marks with broadcast_seq). What this leader has
+// published is compared with its own record, not only the table's,
+// because marks are recorded lazily: a stream it has just caught up stays
+// dirty in the table until its mark is written and must not be broadcast
+// again. Only the streams whose published position the table may not
+// show yet are passed along: a seq this leader published is in a flight
+// (unconfirmed), in unmarked (confirmed, not recorded) or recorded in
+// broadcast_seq.
 func (l *leader) poll(ctx context.Context) error {
+	ahead := make(map[string]int64, len(l.unmarked))
+	for s := range l.unmarked {
+		ahead[s] = l.published[s]
+	}
+	for _, f := range l.inflight {
+		for s := range f.high {
+			ahead[s] = l.published[s]
+		}
+	}
 	qctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	dirty, err := dirtyStreams(qctx, l.db)
+	entries, err := pendingEntries(qctx, l.db, nil, ahead, catchUpRows, true)
 	cancel()
 	if err != nil {
 		return l.dbFailed(err)
 	}
-	var streams []string
-	for _, d := range dirty {
-		if d.last > l.published[d.stream] {
-			streams = append(streams, d.stream)
-		}
-	}
-	if len(streams) == 0 {
+	if len(entries) == 0 {
 		return nil
 	}
-	return l.catchUp(ctx, streams)
+	l.j.metrics.CatchUp.Add(float64(len(entries)))
+	if err := l.broadcast(ctx, entries, nil, nil); err != nil {
+		return err
+	}
+	var more []string // streams that filled the limit may hold more
+	n := map[string]int{}
+	for _, e := range entries {
+		if n[e.Stream]++; n[e.Stream] == catchUpRows {
+			more = append(more, e.Stream)
+		}
+	}
+	if len(more) == 0 {
+		return nil
+	}
+	return l.catchUp(ctx, more)
 }
 
 // catchUp broadcasts what is committed but not broadcast yet on streams
@@ -545,7 +566,7 @@ func (l *leader) poll(ctx context.Context) error {
 func (l *leader) catchUp(ctx context.Context, streams []string) error {
 	for range catchUpRounds {
 		qctx, cancel := context.WithTimeout(ctx, writeTimeout)
-		entries, err := pendingEntries(qctx, l.db, streams, l.published, catchUpRows)
+		entries, err := pendingEntries(qctx, l.db, streams, l.published, catchUpRows, false)
 		cancel()
 		if err != nil {
 			return l.dbFailed(err)

@@ -300,8 +300,16 @@ type pendingRange struct {
 // broadcast on streams (every stream when nil): the rows with
 // max(broadcast_seq, published[stream]) < seq <= last_seq, at most limit
 // per stream, ordered by stream and seq. published is what this leader
-// has already published (confirmed or not).
-func pendingEntries(ctx context.Context, conn *pgx.Conn, streams []string, published map[string]int64, limit int) ([]Entry, error) {
+// has already published (confirmed or not) where broadcast_seq may not
+// show it yet; streams missing from it count as published up to their
+// broadcast_seq.
+//
+// With dirty, only the streams whose last_seq is above claimed_seq are
+// read (the partial index stompgate_streams_pending): those where an
+// application has committed rows since the leader last took charge of
+// the stream. That is the poll: its cost is what applications publish,
+// not the number of streams nor the journal's own traffic.
+func pendingEntries(ctx context.Context, conn *pgx.Conn, streams []string, published map[string]int64, limit int, dirty bool) ([]Entry, error) {
 	var ps []string
 	var pseqs []int64
 	add := func(s string) {
@@ -324,6 +332,9 @@ func pendingEntries(ctx context.Context, conn *pgx.Conn, streams []string, publi
 			WHERE m.stream = s.stream AND m.seq > greatest(s.broadcast_seq, coalesce(p.seq, 0)) AND m.seq <= s.last_seq
 			ORDER BY m.seq LIMIT $3) m
 		WHERE s.broadcast_seq < s.last_seq`
+	if dirty {
+		q += ` AND s.last_seq > s.claimed_seq`
+	}
 	args := []any{ps, pseqs, limit}
 	if streams != nil {
 		q += ` AND s.stream = ANY($4)`
@@ -336,37 +347,6 @@ func pendingEntries(ctx context.Context, conn *pgx.Conn, streams []string, publi
 	out, err := pgx.CollectRows(rows, scanEntry)
 	if err != nil {
 		return nil, fmt.Errorf("read pending journal: %w", err)
-	}
-	return out, nil
-}
-
-// dirtyStream is a stream with committed rows the leader has not taken
-// charge of (last_seq > claimed_seq).
-type dirtyStream struct {
-	stream string
-	last   int64
-}
-
-// dirtyStreams reads the streams whose last_seq is above claimed_seq:
-// rows committed with stompgate_publish that may not be broadcast yet
-// (and, until their mark is recorded, ones this leader has broadcast on
-// the poll's path already). The partial index stompgate_streams_pending
-// holds exactly these streams, so the query costs what they are, not
-// what the table is, nor the leader's own /app/ traffic. It sees only
-// committed rows and takes no locks: an application transaction still
-// holding a stream's row is not waited for.
-func dirtyStreams(ctx context.Context, conn *pgx.Conn) ([]dirtyStream, error) {
-	rows, err := conn.Query(ctx, `SELECT stream, last_seq FROM stompgate_streams WHERE last_seq > claimed_seq`)
-	if err != nil {
-		return nil, fmt.Errorf("poll journal: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (dirtyStream, error) {
-		var d dirtyStream
-		err := r.Scan(&d.stream, &d.last)
-		return d, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("poll journal: %w", err)
 	}
 	return out, nil
 }
