@@ -120,7 +120,7 @@ type Persister struct {
 	// that applications committed with stompgate_publish (one indexed
 	// query over the streams with unbroadcast rows): it bounds the delay
 	// from COMMIT to broadcast. PERSIST_JOURNAL_POLL_INTERVAL, duration,
-	// default 5ms, at least 1ms.
+	// default 2ms, at least 1ms.
 	JournalPollInterval time.Duration
 	// JournalScanInterval is how often the journal leader scans every
 	// stream for committed rows not yet broadcast (a safety net beside
@@ -165,7 +165,7 @@ func LoadPersister(getenv Getenv) (Persister, error) {
 		JournalExchange:     e.String("PERSIST_JOURNAL_EXCHANGE", "stompgate.ingest"),
 		JournalQueue:        e.String("PERSIST_JOURNAL_QUEUE", "stompgate.ingest"),
 		JournalBatchSize:    e.Int("PERSIST_JOURNAL_BATCH_SIZE", 500, 1),
-		JournalPollInterval: e.Duration("PERSIST_JOURNAL_POLL_INTERVAL", 5*time.Millisecond, time.Millisecond),
+		JournalPollInterval: e.Duration("PERSIST_JOURNAL_POLL_INTERVAL", 2*time.Millisecond, time.Millisecond),
 		JournalScanInterval: e.Duration("PERSIST_JOURNAL_SCAN_INTERVAL", 5*time.Second, 10*time.Millisecond),
 		JournalLockPoll:     e.Duration("PERSIST_JOURNAL_LOCK_POLL", 250*time.Millisecond, time.Millisecond),
 	}

@@ -25,7 +25,7 @@ func TestLoadPersisterDefaults(t *testing.T) {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
 	if !c.Archive || !c.Journal || c.JournalExchange != "stompgate.ingest" || c.JournalQueue != "stompgate.ingest" ||
-		c.JournalBatchSize != 500 || c.JournalPollInterval != 5*time.Millisecond || c.JournalScanInterval != 5*time.Second || c.JournalLockPoll != 250*time.Millisecond {
+		c.JournalBatchSize != 500 || c.JournalPollInterval != 2*time.Millisecond || c.JournalScanInterval != 5*time.Second || c.JournalLockPoll != 250*time.Millisecond {
 		t.Fatalf("unexpected journal defaults: %+v", c)
 	}
 }
@@ -47,7 +47,7 @@ func TestLoadPersisterValues(t *testing.T) {
 		"PERSIST_JOURNAL_EXCHANGE":      "my.ingest",
 		"PERSIST_JOURNAL_QUEUE":         "my.ingest.q",
 		"PERSIST_JOURNAL_BATCH_SIZE":    "50",
-		"PERSIST_JOURNAL_POLL_INTERVAL": "2ms",
+		"PERSIST_JOURNAL_POLL_INTERVAL": "3ms",
 		"PERSIST_JOURNAL_SCAN_INTERVAL": "1s",
 		"PERSIST_JOURNAL_LOCK_POLL":     "20ms",
 	}))
@@ -60,7 +60,7 @@ func TestLoadPersisterValues(t *testing.T) {
 		t.Fatalf("unexpected: %+v", c)
 	}
 	if c.Archive || !c.Journal || c.JournalExchange != "my.ingest" || c.JournalQueue != "my.ingest.q" ||
-		c.JournalBatchSize != 50 || c.JournalPollInterval != 2*time.Millisecond || c.JournalScanInterval != time.Second || c.JournalLockPoll != 20*time.Millisecond {
+		c.JournalBatchSize != 50 || c.JournalPollInterval != 3*time.Millisecond || c.JournalScanInterval != time.Second || c.JournalLockPoll != 20*time.Millisecond {
 		t.Fatalf("unexpected journal values: %+v", c)
 	}
 }
