@@ -3,7 +3,6 @@ package persist
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/url"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -11,20 +10,20 @@ import (
 	"github.com/stompgate/stompgate/config"
 )
 
-// dialNodes connects to one of the broker nodes of cfg (PERSIST_AMQP_URLS,
-// else PERSIST_AMQP_URL), trying each in turn from a random one, so that a
-// reconnect after a node is lost lands on a node that is up and several
-// persisters spread over a cluster. It returns the first connection made,
-// or every dial error joined.
+// dialNodes connects to the first broker node of cfg (PERSIST_AMQP_URLS,
+// else PERSIST_AMQP_URL) that answers, trying them in list order on every
+// (re)connect: the first is the preferred node, a reconnect after it is
+// lost lands on the next one that is up. A node that refuses costs a
+// round trip; one that does not answer at all costs the dial timeout on
+// every reconnect until it is back (list it last, or remove it). It returns
+// the connection, or every dial error joined.
 func dialNodes(cfg config.Persister, ac amqp.Config) (*amqp.Connection, error) {
 	urls := cfg.AMQPURLs
 	if len(urls) == 0 {
 		urls = []string{cfg.AMQPURL}
 	}
-	start := rand.IntN(len(urls))
 	var errs []error
-	for i := range urls {
-		u := urls[(start+i)%len(urls)]
+	for _, u := range urls {
 		conn, err := amqp.DialConfig(u, ac)
 		if err == nil {
 			return conn, nil
