@@ -48,11 +48,13 @@ var errLostLead = errors.New("journal leader connection lost")
 // maxInflight runs). Confirmed broadcasts are recorded in
 // stompgate_streams.broadcast_seq lazily (a restart hint: at-least-once
 // broadcast). It also broadcasts what applications commit with
-// stompgate_publish, in seq order with the rest: every
-// cfg.JournalPollInterval it reads the streams with committed rows not yet
-// marked broadcast (a partial index keeps that cheap) and compares them
-// with what it has published itself; every cfg.JournalScanInterval it
-// scans every stream as a safety net.
+// stompgate_publish (which does not NOTIFY: notifying commits cannot
+// share an fsync), in seq order with the rest: every
+// cfg.JournalPollInterval it reads, in one query, the pending rows of the
+// streams on which applications committed since it last took charge of
+// them (last_seq > claimed_seq, a partial index) above what it has
+// published itself (see poll); every cfg.JournalScanInterval it scans
+// every stream as a safety net.
 //
 // Leadership: of several persisters on one database, exactly one leads:
 // the one holding a session advisory lock on its own Postgres connection,

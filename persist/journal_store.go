@@ -331,7 +331,7 @@ func pendingEntries(ctx context.Context, conn *pgx.Conn, streams []string, publi
 		CROSS JOIN LATERAL (SELECT * FROM stompgate_messages m
 			WHERE m.stream = s.stream AND m.seq > greatest(s.broadcast_seq, coalesce(p.seq, 0)) AND m.seq <= s.last_seq
 			ORDER BY m.seq LIMIT $3) m
-		WHERE s.broadcast_seq < s.last_seq`
+		WHERE s.last_seq > greatest(s.broadcast_seq, coalesce(p.seq, 0))`
 	if dirty {
 		q += ` AND s.last_seq > s.claimed_seq`
 	}
