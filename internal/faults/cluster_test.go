@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,7 +140,7 @@ func TestClusterLeaderStop(t *testing.T) {
 	}
 	archBefore, jourBefore := receiptedCount(arch), receiptedCount(jour)
 	stopped := time.Now()
-	if err := victim.ctl(60*time.Second, "stop", victim.pidFile()); err != nil {
+	if err := victim.shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	stopTook := time.Since(stopped)
@@ -234,10 +235,14 @@ func TestClusterLeaderStop(t *testing.T) {
 	archExtra := check("archive", archRows, archIDs, arch)
 	jourExtra := check("journal", jourRows, jourIDs, jour)
 	errs := map[string]int{}
+	var gaps []string
 	for _, p := range append(append([]*clusterProducer{}, arch...), jour...) {
 		for k, v := range p.errorCodes() {
 			errs[k] += v
 		}
+		p.mu.Lock()
+		gaps = append(gaps, p.maxGap.Round(10*time.Millisecond).String())
+		p.mu.Unlock()
 	}
 	if len(errs) == 0 {
 		t.Errorf("no producer session ended at the stop: none rode the stopped node")
@@ -271,9 +276,10 @@ func TestClusterLeaderStop(t *testing.T) {
 	t.Logf("cluster of %d nodes up and joined in %s; %s and %s led by %s and %s",
 		len(nodes), clusterUp.Round(100*time.Millisecond), topo.Queue, jtopo.Queue, short(leader), short(jleader))
 	t.Logf("connections on %s at the stop: %v", short(leader), onVictim)
-	t.Logf("stopped %s after %s of traffic (stop took %s); new leaders %s and %s; both producers receipted again %s after the stop",
+	t.Logf("stopped %s after %s of traffic (rabbitmqctl stop took %s); new leaders %s and %s; 30 more receipts of each kind %s after the stop began",
 		short(leader), before, stopTook.Round(10*time.Millisecond), short(newLeader), short(newJLeader), backAfter.Round(10*time.Millisecond))
-	t.Logf("producer sessions ended by the stop, by code: %v (each resent its unreceipted SEND on a new session)", errs)
+	t.Logf("producer sessions ended by the stop, by code: %v (each resent its unreceipted SEND on a new session); longest wait between two receipts per producer (archive ×3, journal ×3): %s",
+		errs, strings.Join(gaps, " "))
 	t.Logf("archive (/topic/arch.x, %d producers): %d SENDs, %d receipted (%d before the stop), %d rows, each receipted one once, %d taken without its receipt",
 		producers, sentCount(arch), len(archIDs), archBefore, len(archRows), archExtra)
 	t.Logf("journal (/app/room.c1, %d producers): %d SENDs, %d receipted (%d before the stop), %d rows, seq 1..%d gapless, each receipted one once, %d taken without its receipt",
@@ -309,8 +315,8 @@ func startCluster(t *testing.T, n int) []*privateRabbit {
 		r := startClusterNode(t, filepath.Join(dir, strconv.Itoa(i)), fmt.Sprintf("sgc%d-%s@localhost", i, suffix))
 		if i > 1 {
 			for _, args := range [][]string{{"stop_app"}, {"join_cluster", nodes[0].node}, {"start_app"}} {
-				if err := r.ctl(90*time.Second, args...); err != nil {
-					t.Fatal(err)
+				if out, err := rabbitmqctl(90*time.Second, append([]string{"-n", r.node}, args...)...); err != nil {
+					t.Fatalf("%v: %s", err, out)
 				}
 			}
 		}
@@ -361,27 +367,57 @@ func startClusterNode(t *testing.T, dir, node string) *privateRabbit {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("rabbitmq-server -detached %s: %v: %s", node, err, out)
 	}
-	t.Cleanup(func() {
-		if err := r.ctl(60*time.Second, "stop", r.pidFile()); err != nil {
-			if pid, err := os.ReadFile(r.pidFile()); err == nil {
-				_ = exec.Command("kill", "-9", strings.TrimSpace(string(pid))).Run()
-			}
-		}
-	})
-	if err := r.ctl(90*time.Second, "wait", "--timeout", "90", r.pidFile()); err != nil {
+	t.Cleanup(func() { r.shutdown() })
+	if _, err := rabbitmqctl(100*time.Second, "-n", r.node, "wait", "--timeout", "90", r.pidFile()); err != nil {
 		logs, _ := exec.Command("sh", "-c", "tail -n 40 "+filepath.Join(dir, "log")+"/*.log").CombinedOutput()
 		t.Fatalf("node %s did not start: %v\n%s", node, err, logs)
 	}
 	return r
 }
 
+// shutdown stops the node (rabbitmqctl stop, waiting for its pid to
+// exit), killing it when that fails or takes over 60 s. The CLI runs in
+// its own process group, killed with it on a timeout: rabbitmqctl is an
+// escript whose Erlang VM would outlive the killed wrapper. A node already
+// stopped is left alone.
+func (r *privateRabbit) shutdown() error {
+	pidb, err := os.ReadFile(r.pidFile())
+	if err != nil {
+		return nil // never started, or stopped and its pid file gone
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidb)))
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return nil
+	}
+	if out, err := rabbitmqctl(60*time.Second, "-n", r.node, "stop", r.pidFile()); err != nil {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		return fmt.Errorf("%v: %s (killed the node)", err, out)
+	}
+	_ = os.Remove(r.pidFile())
+	return nil
+}
+
+// rabbitmqctl runs the CLI with args within timeout in its own process
+// group, all of it killed on the timeout (the escript's Erlang VM would
+// outlive a killed wrapper).
+func rabbitmqctl(timeout time.Duration, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "rabbitmqctl", args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("rabbitmqctl %s: %w", strings.Join(args, " "), err)
+	}
+	return out, nil
+}
+
 // queueLeader asks the first node that answers which node leads queue.
 func queueLeader(nodes []*privateRabbit, queue string) (string, error) {
 	var errs []string
 	for _, n := range nodes {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		out, err := exec.CommandContext(ctx, "rabbitmqctl", "-n", n.node, "-q", "list_queues", "--no-table-headers", "name", "leader").CombinedOutput()
-		cancel()
+		out, err := rabbitmqctl(30*time.Second, "-n", n.node, "-q", "list_queues", "--no-table-headers", "name", "leader")
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v: %s", n.node, err, out))
 			continue
@@ -400,11 +436,9 @@ func queueLeader(nodes []*privateRabbit, queue string) (string, error) {
 // (its AMQP or STOMP port) by kind: "persister", "persister-journal" (their
 // connection_name), "edge" (the shared links), "other".
 func connectionsOn(n *privateRabbit) (map[string]int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "rabbitmqctl", "-n", n.node, "-q", "list_connections", "--no-table-headers", "port", "client_properties").CombinedOutput()
+	out, err := rabbitmqctl(30*time.Second, "-n", n.node, "-q", "list_connections", "--no-table-headers", "port", "client_properties")
 	if err != nil {
-		return nil, fmt.Errorf("list_connections: %v: %s", err, out)
+		return nil, fmt.Errorf("%v: %s", err, out)
 	}
 	amqpPort := n.AMQPURL[strings.LastIndexByte(n.AMQPURL, ':')+1 : strings.LastIndexByte(n.AMQPURL, '/')]
 	stompPort := n.StompAddr[strings.LastIndexByte(n.StompAddr, ':')+1:]
@@ -440,6 +474,8 @@ type clusterProducer struct {
 	sent      int // distinct messages sent (the next one's number)
 	receipted map[string]bool
 	codes     map[string]int
+	last      time.Time     // of the last receipt
+	maxGap    time.Duration // longest time between two receipts
 }
 
 func (p *clusterProducer) run(ctx context.Context, stop <-chan struct{}, gap time.Duration) {
@@ -502,6 +538,12 @@ func (p *clusterProducer) session(cl *client, stop <-chan struct{}, gap time.Dur
 		}
 		p.mu.Lock()
 		p.receipted[id] = true
+		if now := time.Now(); !p.last.IsZero() {
+			p.maxGap = max(p.maxGap, now.Sub(p.last))
+			p.last = now
+		} else {
+			p.last = now
+		}
 		p.mu.Unlock()
 		*pending = ""
 	}
