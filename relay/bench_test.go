@@ -205,7 +205,6 @@ func benchSession(b *testing.B, v stomp.Version) *Session {
 		limiter:   &auth.SessionLimiter{}, // no rate limit
 		subs:      map[string]subscription{},
 		bs:        &discardBroker{w: bufio.NewWriterSize(io.Discard, 32<<10)},
-		rbuf:      make([]byte, 16<<10),
 	}
 	s.out = newOutbox(nil, cfg.SendBufferBytes, cfg.SendTimeLimit, m, nil)
 	s.creds.Store(&Credentials{Ident: ident, Perms: perms})

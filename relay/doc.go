@@ -43,7 +43,13 @@
 //	    either the Outbox's own Run goroutine or, in place, a producer that
 //	    calls Flush while nobody writes (the broker reader at Sink.Idle, the
 //	    session reader after an edge frame). Everything queued is written as
-//	    one batch into bufConn and leaves in one syscall.
+//	    one batch into bufConn and leaves in one syscall: each frame is
+//	    appended there as one WebSocket message by the edge itself (one
+//	    frame per message, text unless broker.Frame.Binary), without
+//	    gorilla's per-message lock, channel and socket deadline; gorilla
+//	    writes only pongs and the close. bufConn's buffer and the reader's
+//	    message buffer come from pools and go back between batches, so an
+//	    idle session holds neither.
 //	  - Flush points: Sink.Idle (the broker side read everything it had),
 //	    Session.send (an edge-made frame), and Run when woken. An in-place
 //	    flush waits at most 1ms for a full socket and leaves the rest to Run,

@@ -156,8 +156,15 @@ func NewServer(base context.Context, d Deps) *Server {
 	s.upgrader = websocket.Upgrader{
 		Subprotocols:     Subprotocols,
 		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   16 << 10,
-		WriteBufferSize:  16 << 10,
+		// An idle session should cost little (issue 12: ≤ 20 KB in the
+		// edge). Reads: a small buffer of the session's own (it must not
+		// be 0, or gorilla would read through net/http's buffer and
+		// bypass bufConn.beforeRead); message payloads are read into a
+		// pooled buffer. Writes: frames go straight into bufConn, and
+		// gorilla takes a write buffer from the pool only for the rare
+		// message it writes itself.
+		ReadBufferSize:  4 << 10,
+		WriteBufferPool: &sync.Pool{},
 		// The Origin policy runs before Upgrade is called; gorilla's own
 		// same-origin check would refuse legitimate cross-origin apps.
 		CheckOrigin: func(*http.Request) bool { return true },

@@ -69,7 +69,6 @@ type Session struct {
 
 	// Owned by the reader goroutine.
 	parser    *stomp.Parser
-	rbuf      []byte
 	connected bool
 	limiter   *auth.SessionLimiter
 	subs      map[string]subscription // by subscription id
@@ -110,7 +109,6 @@ func newSession(env *sessionEnv, base context.Context, w wire, upgradeToken stri
 		stop:         stop,
 		upgradeToken: upgradeToken,
 		parser:       stomp.NewParser(env.limits, stomp.ClientCommands),
-		rbuf:         make([]byte, 16<<10),
 		subs:         map[string]subscription{},
 		readLimit:    env.cfg.ConnectTimeout,
 		readerDone:   make(chan struct{}),
@@ -266,13 +264,20 @@ func (s *Session) flushBroker() {
 	}
 }
 
+// readBuffers hold a WebSocket message's bytes on their way to the
+// parser, one per message being read: an idle session holds none.
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
 // readMessage feeds one WebSocket message to the parser and handles every
 // frame completed by it.
 func (s *Session) readMessage(r io.Reader) error {
+	bp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bp)
+	rbuf := *bp
 	for {
-		n, err := r.Read(s.rbuf)
+		n, err := r.Read(rbuf)
 		if n > 0 {
-			s.parser.Feed(s.rbuf[:n])
+			s.parser.Feed(rbuf[:n])
 			for f, perr := range s.parser.Frames() {
 				if perr != nil {
 					return perr

@@ -2,9 +2,10 @@
 // broker. A session calls typed operations on its Session; the broker side
 // pushes deliveries, receipts and losses into the session's Sink. The
 // session never sees how the broker is reached: today one STOMP connection
-// per session (package stompconn); an in-memory double with RabbitMQ's
-// semantics for tests (package memory); shared links are the next
-// implementation.
+// per session (package stompconn); a few shared AMQP links per edge with
+// a dedicated STOMP connection only where a frame needs one (package
+// amqplink, the default); an in-memory double with RabbitMQ's semantics
+// for tests (package memory).
 //
 // # Concurrency
 //

@@ -1,6 +1,7 @@
 // Package amqplink is the edge's broker.Broker: a few shared AMQP 0-9-1
 // links per edge carry every session's auto-ack /topic/ and /exchange/
-// subscriptions and its SENDs; a session that needs per-consumer broker
+// subscriptions, its routed ones (broker.Route: /user/queue/<name>) and
+// its SENDs (routed ones included: /app/<key>, /user/<S>/queue/<name>); a session that needs per-consumer broker
 // state (ack:client, /queue/, /amq/queue/, /temp-queue/, reply-to,
 // queue-declaring headers, transactions) gets a dedicated STOMP connection
 // from another broker.Broker (package stompconn), opened lazily at the
@@ -26,7 +27,12 @@
 //   - per shared subscription: its reader, which fans deliveries out,
 //     calls Sink.Idle once per read batch for every session it touched and
 //     acks the batch; it never waits on a browser (Sink.Deliver never
-//     blocks);
+//     blocks). A read batch is everything amqp091-go holds (up to
+//     maxBatch): the reader yields to amqp091-go's delivery goroutine
+//     before it ends one, so a session gets one write per batch, not per
+//     message;
+//   - flushers (one per CPU but one): parts of a large batch's Sink.Idle
+//     calls;
 //   - the relay session's reader calls the Session's operations.
 //
 // # Locks
