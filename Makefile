@@ -4,7 +4,7 @@ GO ?= go
 export EDGE_JWT_HS256_SECRET ?= dev-only-secret-change-me-0123456789abcdef
 BIN := bin
 
-.PHONY: run test test-unit services build go-test fuzz js-test e2e bench clean faults
+.PHONY: run test test-unit services build go-test fuzz js-test e2e bench clean faults soak
 
 ## run: prepare RabbitMQ + PostgreSQL, build, start the persister and the edge on :8080
 run: services build
@@ -53,6 +53,11 @@ e2e: build
 ## (30 s Postgres outage, 2,000-client drain and reconnect storm); not part of CI
 faults: services
 	STOMPGATE_FAULTS=1 $(GO) test -count=1 -v -timeout 15m ./internal/faults
+
+## soak: 5,000 idle sessions + a chat workload for SOAK_DURATION (default 10m) against a real
+## edge and persister; RSS and goroutines every 10 s to docs/soak.csv and docs/soak.png (docs/SOAK.md)
+soak: services
+	STOMPGATE_SOAK=1 $(GO) test -count=1 -v -run '^TestSoak$$' -timeout 60m ./internal/faults
 
 ## bench: long benchmarks, not part of CI (see docs/BENCHMARKS.md)
 bench: services build
