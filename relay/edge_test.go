@@ -364,9 +364,12 @@ func TestZombieClientIsClosed(t *testing.T) {
 		return nil
 	})
 
-	// A client that does heart-beat stays connected.
+	// A client that does heart-beat stays connected (its own edge with a
+	// wider interval: on a loaded machine a 100 ms ticker against a 300 ms
+	// limit is a race the test would lose, not the edge).
+	e = startEdge(t, map[string]string{"EDGE_HEARTBEAT": "1s"})
 	live := e.mustDial(nil)
-	live.connect(testenv.Token(t, "b", nil), "heart-beat", "200,200")
+	live.connect(testenv.Token(t, "b", nil), "heart-beat", "1000,1000")
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -383,7 +386,7 @@ func TestZombieClientIsClosed(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(time.Second) // real time must pass for heart-beats to matter
+	time.Sleep(3 * time.Second) // real time must pass: twice the 1.5 s limit
 	close(stop)
 	wg.Wait()
 	live.raw("SUBSCRIBE\nid:1\ndestination:/topic/a\nreceipt:alive\n\n\x00")

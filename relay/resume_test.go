@@ -117,9 +117,28 @@ func TestResumeTenReconnectsUnderLoad(t *testing.T) {
 
 	var seen []int64
 	last := int64(0)
-	read := func(c *client, until func() bool) {
-		for !until() {
-			f := c.next(10 * time.Second).f
+	// read takes MESSAGEs until stopAt (a zero stopAt: until seq total).
+	// A round may find nothing new once the publisher is done: it waits
+	// for frames only until its stop time.
+	read := func(c *client, stopAt time.Time) {
+		for stopAt.IsZero() && last < total || !stopAt.IsZero() && time.Now().Before(stopAt) {
+			wait := 10 * time.Second
+			if !stopAt.IsZero() {
+				wait = time.Until(stopAt)
+			}
+			var f *frame.Frame
+			select {
+			case r, ok := <-c.frames:
+				if !ok {
+					t.Fatalf("connection closed after seq %d", last)
+				}
+				f = r.f
+			case <-time.After(wait):
+				if stopAt.IsZero() {
+					t.Fatalf("no MESSAGE within %s after seq %d", wait, last)
+				}
+				return
+			}
 			if f.Command != frame.MESSAGE {
 				t.Fatalf("got %s %v", f.Command, f.Header)
 			}
@@ -138,8 +157,7 @@ func TestResumeTenReconnectsUnderLoad(t *testing.T) {
 		if at := seqOf(t, r); at < last {
 			t.Fatalf("RECEIPT x-seq %d below the resume point %d", at, last)
 		}
-		stopAt := time.Now().Add(time.Duration(100+rand.IntN(200)) * time.Millisecond)
-		read(c, func() bool { return time.Now().After(stopAt) })
+		read(c, time.Now().Add(time.Duration(100+rand.IntN(200))*time.Millisecond))
 		c.ws.Close()                                                 // an abrupt drop, no DISCONNECT
 		time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond) // offline while messages flow
 	}
@@ -147,7 +165,7 @@ func TestResumeTenReconnectsUnderLoad(t *testing.T) {
 	c := e.mustDial(nil)
 	c.connect(testenv.Token(t, "reader", nil))
 	c.raw(fmt.Sprintf("SUBSCRIBE\nid:r\ndestination:/topic/chat.resume\nx-resume-after:%d\n\n\x00", last))
-	read(c, func() bool { return last >= total })
+	read(c, time.Time{})
 	for i, s := range seen {
 		if s != int64(i+1) {
 			t.Fatalf("message %d has seq %d: %v", i, s, seen[max(0, i-3):min(len(seen), i+3)])
