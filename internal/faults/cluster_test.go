@@ -73,7 +73,7 @@ func TestClusterLeaderStop(t *testing.T) {
 
 	dbURL := testenv.DB(t)
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	startProc(t, "persister", binary(t, "persister"), map[string]string{
+	pers := startProc(t, "persister", binary(t, "persister"), map[string]string{
 		"PERSIST_AMQP_URLS": strings.Join(amqpURLs, ","), "PERSIST_DATABASE_URL": dbURL,
 		"PERSIST_BINDINGS": "arch.#", "PERSIST_METRICS_LISTEN": metricsAddr,
 		"PERSIST_RETRY_MIN": "100ms", "PERSIST_RETRY_MAX": "1s", "PERSIST_SCHED_POLICY": "other",
@@ -269,9 +269,18 @@ func TestClusterLeaderStop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dl := sum(m, "stompgate_persister_dead_letters_total"); dl != 0 {
+	if dl := sum(m, "stompgate_persister_dead_letters_total") + sum(m, "stompgate_journal_dead_letters_total"); dl != 0 {
 		t.Errorf("%v dead letters", dl)
 	}
+	for _, line := range strings.Split(pers.out.String(), "\n") {
+		if strings.Contains(line, "reconnecting") || strings.Contains(line, "trying again") ||
+			strings.Contains(line, "consuming") || strings.Contains(line, "journal leader") {
+			t.Logf("persister: %s", line)
+		}
+	}
+	t.Logf("persister: archive %v redeliveries, %v duplicates ignored; journal %v redeliveries, %v duplicates ignored",
+		sum(m, "stompgate_persister_redeliveries_total"), sum(m, "stompgate_persister_duplicates_total"),
+		sum(m, "stompgate_journal_redeliveries_total"), sum(m, "stompgate_journal_duplicates_total"))
 
 	t.Logf("cluster of %d nodes up and joined in %s; %s and %s led by %s and %s",
 		len(nodes), clusterUp.Round(100*time.Millisecond), topo.Queue, jtopo.Queue, short(leader), short(jleader))
