@@ -40,49 +40,7 @@ func startPrivateRabbit(t *testing.T) *privateRabbit {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	amqpPort, stompPort, distPort := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
-	r := &privateRabbit{
-		node:      "sgtest-" + testenv.Random(8) + "@localhost",
-		dir:       dir,
-		AMQPURL:   fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/%%2F", amqpPort),
-		StompAddr: fmt.Sprintf("127.0.0.1:%d", stompPort),
-	}
-	conf := fmt.Sprintf("listeners.tcp.default = 127.0.0.1:%d\nstomp.listeners.tcp.1 = 127.0.0.1:%d\nloopback_users = none\n", amqpPort, stompPort)
-	for name, content := range map[string]string{"rabbitmq.conf": conf, "enabled_plugins": "[rabbitmq_stomp].\n"} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if out, err := exec.Command("chown", "-R", "rabbitmq:rabbitmq", dir).CombinedOutput(); err != nil {
-		t.Fatalf("chown: %v: %s", err, out)
-	}
-	cmd := exec.Command("rabbitmq-server", "-detached")
-	cmd.Env = append(os.Environ(),
-		"RABBITMQ_NODENAME="+r.node,
-		fmt.Sprintf("RABBITMQ_NODE_PORT=%d", amqpPort),
-		fmt.Sprintf("RABBITMQ_DIST_PORT=%d", distPort),
-		"RABBITMQ_MNESIA_BASE="+filepath.Join(dir, "mnesia"),
-		"RABBITMQ_LOG_BASE="+filepath.Join(dir, "log"),
-		"RABBITMQ_PID_FILE="+r.pidFile(),
-		"RABBITMQ_ENABLED_PLUGINS_FILE="+filepath.Join(dir, "enabled_plugins"),
-		"RABBITMQ_CONFIG_FILE="+filepath.Join(dir, "rabbitmq.conf"),
-	)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("rabbitmq-server -detached: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if err := r.ctl(60*time.Second, "stop", r.pidFile()); err != nil {
-			t.Logf("stopping the private node: %v; killing it", err)
-			if pid, err := os.ReadFile(r.pidFile()); err == nil {
-				_ = exec.Command("kill", "-9", strings.TrimSpace(string(pid))).Run()
-			}
-		}
-	})
-	if err := r.ctl(90*time.Second, "wait", "--timeout", "90", r.pidFile()); err != nil {
-		logs, _ := exec.Command("sh", "-c", "tail -n 40 "+filepath.Join(dir, "log")+"/*.log").CombinedOutput()
-		t.Fatalf("private node did not start: %v\n%s", err, logs)
-	}
-	return r
+	return startClusterNode(t, dir, "sgtest-"+testenv.Random(8)+"@localhost")
 }
 
 func (r *privateRabbit) pidFile() string { return filepath.Join(r.dir, "pid") }
