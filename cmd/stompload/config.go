@@ -21,6 +21,8 @@ const (
 	ModeClosed Mode = "closed" // at most Inflight unreceived messages per pair
 	ModeRate   Mode = "rate"   // Rate messages/s in total, open loop
 	ModeIdle   Mode = "idle"   // Conns subscribed sessions that send nothing, held for Duration; memory per session
+	ModeChat   Mode = "chat"   // Users in rooms sending with think times: ramp, sustained and spike phases
+	ModeStorm  Mode = "storm"  // Conns sessions that all reconnect at once when dropped (--at) or closed by the server
 )
 
 // options is one load test, from flags (and STOMPLOAD_TOKEN_SECRET).
@@ -49,6 +51,21 @@ type options struct {
 	PIDs        []namedPID    // --pids name=pid,...: idle mode reports each process's RSS delta per session
 	AllowRemote bool          // --allow-remote, allow a non-loopback URL (default: loopback only)
 	Quiet       bool          // --quiet, no progress lines
+
+	// chat mode
+	Users         int           // --users, simulated users connected over Ramp, default 100
+	RoomSize      int           // --users-per-room, default 10: rooms = Users/RoomSize (the last may be smaller)
+	Think         time.Duration // --think, mean of the exponential think time between a user's messages, default 1s
+	Ramp          time.Duration // --ramp, users connect linearly over it, default 5s
+	SpikeUsers    int           // --spike-users, extra users who connect at once after Duration, default 0 (no spike)
+	SpikeDuration time.Duration // --spike-duration, how long the spike users send, default 5s
+	RoomPrefix    string        // --room-prefix, rooms are /topic/<prefix>.<room>; default stompload.<run-id>
+
+	// storm mode
+	At         time.Duration // --at, with --storm-drop: when every client drops its connection; default 0 (wait for the server)
+	StormDrop  bool          // --storm-drop, the clients close their own connections at --at (a network blip)
+	Backoff    time.Duration // --backoff, base of the jittered exponential reconnect backoff, default 250ms
+	MaxBackoff time.Duration // --max-backoff, its cap, default 10s (a 503's Retry-After is honoured whatever it says)
 }
 
 // maxDuration bounds a run: stompload is a benchmark tool, not a soak test.
@@ -67,7 +84,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (opti
 	fs.StringVar(&c.Vhost, "vhost", "", "CONNECT host header (virtual host)")
 	fs.StringVar(&c.Origin, "origin", "", "Origin header sent with the upgrade")
 	fs.StringVar(&c.Dest, "dest", "", "destination (default /topic/bench.<run-id>; pair i>0 gets .<i> appended)")
-	fs.StringVar(&mode, "mode", string(ModeClosed), "closed (at most --inflight per pair), rate (--rate msgs/s) or idle (--conns subscribed sessions held for --duration)")
+	fs.StringVar(&mode, "mode", string(ModeClosed), "closed (at most --inflight per pair), rate (--rate msgs/s), idle (--conns subscribed sessions held for --duration), chat (--users in rooms: ramp, sustained, spike) or storm (--conns sessions reconnecting at once)")
 	fs.IntVar(&c.Conns, "conns", 1000, "idle mode: sessions to open, each subscribed to --dest, then held")
 	var pids string
 	fs.StringVar(&pids, "pids", "", "idle mode: name=pid,... of server processes (edge, beam.smp) whose RSS growth per session is reported")
@@ -84,6 +101,17 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (opti
 	fs.DurationVar(&c.Timeout, "connect-timeout", 10*time.Second, "timeout to set up each connection")
 	fs.BoolVar(&c.AllowRemote, "allow-remote", false, "allow a URL that is not on loopback")
 	fs.BoolVar(&c.Quiet, "quiet", false, "do not print progress lines")
+	fs.IntVar(&c.Users, "users", 100, "chat mode: simulated users, connected over --ramp")
+	fs.IntVar(&c.RoomSize, "users-per-room", 10, "chat mode: users per room (rooms = users / users-per-room)")
+	fs.DurationVar(&c.Think, "think", time.Second, "chat mode: mean think time between a user's messages (exponential)")
+	fs.DurationVar(&c.Ramp, "ramp", 5*time.Second, "chat mode: users connect linearly over this time")
+	fs.IntVar(&c.SpikeUsers, "spike-users", 0, "chat mode: extra users who connect at once after --duration and send for --spike-duration")
+	fs.DurationVar(&c.SpikeDuration, "spike-duration", 5*time.Second, "chat mode: length of the spike phase")
+	fs.StringVar(&c.RoomPrefix, "room-prefix", "", "chat and storm modes: destinations are /topic/<prefix>.<room> (default stompload.<run-id>)")
+	fs.DurationVar(&c.At, "at", 0, "storm mode with --storm-drop: when the clients drop their connections (since the start)")
+	fs.BoolVar(&c.StormDrop, "storm-drop", false, "storm mode: the clients drop their own connections at --at and reconnect at once")
+	fs.DurationVar(&c.Backoff, "backoff", 250*time.Millisecond, "storm mode: base of the jittered exponential reconnect backoff")
+	fs.DurationVar(&c.MaxBackoff, "max-backoff", 10*time.Second, "storm mode: cap of the reconnect backoff (a 503's Retry-After is honoured whatever it says)")
 	if len(args) > 0 {
 		args = args[1:]
 	}
@@ -111,6 +139,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (opti
 	}
 	if c.User == "" {
 		c.User = "stompload-" + c.RunID
+	}
+	if c.RoomPrefix == "" {
+		c.RoomPrefix = "stompload." + c.RunID
 	}
 	return c, c.validate()
 }
@@ -147,8 +178,43 @@ func (c options) validate() error {
 		if c.Conns < 1 || c.Conns > 100000 {
 			bad("--conns must be between 1 and 100000")
 		}
+	case ModeChat:
+		if c.Users < 1 || c.Users > 100000 {
+			bad("--users must be between 1 and 100000")
+		}
+		if c.RoomSize < 1 {
+			bad("--users-per-room must be at least 1")
+		}
+		if c.Think <= 0 {
+			bad("--think must be positive")
+		}
+		if c.Ramp < 0 || c.Ramp > maxDuration {
+			bad("--ramp must be between 0 and %s", maxDuration)
+		}
+		if c.SpikeUsers < 0 || c.SpikeUsers > 100000 {
+			bad("--spike-users must be between 0 and 100000")
+		}
+		if c.SpikeUsers > 0 && (c.SpikeDuration <= 0 || c.SpikeDuration > maxDuration) {
+			bad("--spike-duration must be positive and at most %s", maxDuration)
+		}
+	case ModeStorm:
+		if c.Conns < 1 || c.Conns > 100000 {
+			bad("--conns must be between 1 and 100000")
+		}
+		if c.StormDrop && (c.At <= 0 || c.At >= c.Duration) {
+			bad("--storm-drop needs --at between 0 and --duration")
+		}
+		if !c.StormDrop && c.At != 0 {
+			bad("--at needs --storm-drop (without it the storm starts when the server closes the connections)")
+		}
+		if c.Backoff <= 0 || c.MaxBackoff < c.Backoff {
+			bad("--backoff must be positive and --max-backoff at least --backoff")
+		}
 	default:
-		bad("--mode must be closed, rate or idle, not %q", c.Mode)
+		bad("--mode must be closed, rate, idle, chat or storm, not %q", c.Mode)
+	}
+	if strings.ContainsAny(c.RoomPrefix, "/\n\r:\x00") {
+		bad("--room-prefix %q may not contain '/', ':' or control characters", c.RoomPrefix)
 	}
 	if c.Size < minBody || c.Size > 1<<20 {
 		bad("--size must be between %d and %d bytes", minBody, 1<<20)

@@ -4,7 +4,7 @@
 // measures end-to-end latency: each message carries its send time, read by
 // a subscriber in the same process on the same monotonic clock.
 //
-// Three modes:
+// Five modes:
 //
 //	closed  each pair keeps at most --inflight messages published but not
 //	        yet received, refilling the window a quarter at a time in one
@@ -16,6 +16,14 @@
 //	idle    --conns sessions connect and subscribe, then send nothing for
 //	        --duration; with --pids it reports how much each watched
 //	        process (the edge, beam.smp) grew per session (VmRSS).
+//	chat    --users in rooms of --users-per-room, each subscribed to its
+//	        room and sending after exponential think times (--think):
+//	        ramp, sustained and spike phases, reported each and overall
+//	        (chat.go).
+//	storm   --conns clients connect, then all reconnect at once when the
+//	        server closes them or (--storm-drop) they drop at --at, with
+//	        jittered backoff honouring 503 Retry-After; reports the
+//	        reconnect-time distribution (storm.go).
 //
 // It is built to cost little per message, so that it measures the server
 // (docs/BENCHMARKS.md, "stompload as an instrument"): writes are coalesced
@@ -58,6 +66,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	cfg, err := parseConfig(args, getenv, stdout)
 	if err != nil {
 		return err
+	}
+	switch cfg.Mode {
+	case ModeChat:
+		res, err := runChat(ctx, cfg, stdout)
+		if err != nil {
+			return err
+		}
+		return res.write(stdout)
+	case ModeStorm:
+		res, err := runStorm(ctx, cfg, stdout)
+		if err != nil {
+			return err
+		}
+		return res.write(stdout)
 	}
 	if cfg.Mode == ModeIdle {
 		res, err := runIdle(ctx, cfg, stdout)

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,7 +43,19 @@ func TestMain(m *testing.M) {
 // on a vhost of its own, and returns its ws:// URL.
 func startEdge(t *testing.T) string {
 	t.Helper()
-	vhost := testenv.Vhost(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url, _ := startEdgeOn(t, ln, testenv.Vhost(t), nil)
+	return url
+}
+
+// startEdgeOn runs a relay server on ln relaying to vhost, with extra
+// EDGE_ variables, and returns its ws:// URL and a function that stops it
+// (Close: every session gets ERROR shutting_down), which cleanup also calls.
+func startEdgeOn(t *testing.T, ln net.Listener, vhost string, extra map[string]string) (string, func()) {
+	t.Helper()
 	env := map[string]string{
 		"EDGE_JWT_HS256_SECRET": testenv.Secret,
 		"EDGE_BROKER_ADDRS":     testenv.StompAddr,
@@ -50,6 +64,9 @@ func startEdge(t *testing.T) string {
 		"EDGE_BROKER_VHOST":     vhost,
 		"EDGE_DRAIN_DELAY":      "0s",
 		"EDGE_DRAIN_PERIOD":     "0s",
+	}
+	for k, v := range extra {
+		env[k] = v
 	}
 	cfg, err := config.LoadEdge(func(k string) string { return env[k] })
 	if err != nil {
@@ -77,12 +94,19 @@ func startEdge(t *testing.T) string {
 	})
 	mux := http.NewServeMux()
 	srv.Routes(mux)
-	hs := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		srv.Close()
-		hs.Close()
-	})
-	return "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"
+	hs := httptest.NewUnstartedServer(mux)
+	hs.Listener.Close()
+	hs.Listener = ln
+	hs.Start()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			srv.Close()
+			hs.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws", stop
 }
 
 // runLoad runs stompload with args and returns its final JSON line.
@@ -157,6 +181,15 @@ func TestConfigValidation(t *testing.T) {
 			[]string{"--mode", "--size", "--duration", "--pairs"}},
 		{"rate", []string{"--token-secret", "s", "--mode", "rate", "--rate", "0"}, []string{"--rate"}},
 		{"inflight", []string{"--token-secret", "s", "--inflight", "0"}, []string{"--inflight"}},
+		{"chat", []string{"--token-secret", "s", "--mode", "chat", "--users", "20", "--spike-users", "5"}, nil},
+		{"chat bad", []string{"--token-secret", "s", "--mode", "chat", "--users", "0", "--think", "0s", "--users-per-room", "0"},
+			[]string{"--users", "--think", "--users-per-room"}},
+		{"storm", []string{"--token-secret", "s", "--mode", "storm", "--conns", "50"}, nil},
+		{"storm drop", []string{"--token-secret", "s", "--mode", "storm", "--storm-drop", "--at", "1s"}, nil},
+		{"storm drop needs at", []string{"--token-secret", "s", "--mode", "storm", "--storm-drop"}, []string{"--at"}},
+		{"storm at needs drop", []string{"--token-secret", "s", "--mode", "storm", "--at", "1s"}, []string{"--storm-drop"}},
+		{"storm backoff", []string{"--token-secret", "s", "--mode", "storm", "--backoff", "1s", "--max-backoff", "10ms"}, []string{"--max-backoff"}},
+		{"room prefix", []string{"--token-secret", "s", "--mode", "chat", "--room-prefix", "a/b"}, []string{"--room-prefix"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
