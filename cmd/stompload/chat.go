@@ -418,7 +418,7 @@ func (ch *chat) result() *chatResult {
 }
 
 func (r *chatResult) write(w io.Writer) error {
-	fmt.Fprintf(w, "\n%s  mode=chat  users=%d (+%d spike)  rooms=%d of %d  think=%gms  body=%d B\n",
+	fmt.Fprintf(w, "\n%s  mode=chat  users=%d (+%d spike)  rooms=%d of %d users  think=%gms  body=%d B\n",
 		r.URL, r.Users, r.SpikeUsers, r.Rooms, r.UsersPerRoom, r.ThinkMS, r.Size)
 	for _, p := range append(r.Phases, phaseResult{Name: "overall", Sent: r.Sent, Expected: r.Expected, Received: r.Received, Lost: r.Lost, Latency: r.Latency}) {
 		fmt.Fprintf(w, "%-9s  sent %d  received %d of %d (lost %d)  p50 %.3f ms  p95 %.3f ms  p99 %.3f ms  max %.3f ms\n",
