@@ -345,33 +345,16 @@ func (ch *chat) read(i int, conn *stompws.Conn) {
 
 // progress prints one line a second until ctx ends.
 func (ch *chat) progress(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	var lastSent, lastRecv int64
-	for {
-		select {
-		case <-ctx.Done():
+	everySecond(ctx, &ch.sent, &ch.received, &ch.mu, ch.interval, func(dSent, dRecv int64, lat string) {
+		if ch.cfg.Quiet {
 			return
-		case <-t.C:
 		}
-		sent, recv := ch.sent.Load(), ch.received.Load()
-		ch.mu.Lock()
-		p50, p99, n := ch.interval.ValueAtQuantile(50), ch.interval.ValueAtQuantile(99), ch.interval.TotalCount()
-		ch.interval.Reset()
-		ch.mu.Unlock()
-		if !ch.cfg.Quiet {
-			now := time.Since(ch.start)
-			lat := "-"
-			if n > 0 {
-				lat = fmt.Sprintf("p50=%s p99=%s", fmtUS(p50), fmtUS(p99))
-			}
-			byCode, failures, errs, _ := ch.tally.counts()
-			fmt.Fprintf(ch.out, "%5.1fs %-9s users=%d sent/s=%d recv/s=%d %s errors=%d codes[%s] refused[%s]\n",
-				now.Seconds(), phaseNames[ch.phaseAt(now)], ch.online.Load(), sent-lastSent, recv-lastRecv, lat,
-				errs, fmtCounts(byCode), fmtCounts(failures))
-		}
-		lastSent, lastRecv = sent, recv
-	}
+		now := time.Since(ch.start)
+		byCode, failures, errs, _ := ch.tally.counts()
+		fmt.Fprintf(ch.out, "%5.1fs %-9s users=%d sent/s=%d recv/s=%d %s errors=%d codes[%s] refused[%s]\n",
+			now.Seconds(), phaseNames[ch.phaseAt(now)], ch.online.Load(), dSent, dRecv, lat,
+			errs, fmtCounts(byCode), fmtCounts(failures))
+	})
 }
 
 func latencyOf(h *hdrhistogram.Histogram) latency {

@@ -409,6 +409,25 @@ func parseStamp(body []byte) (time.Duration, bool) {
 
 // progress prints one line a second until ctx ends.
 func (l *load) progress(ctx context.Context) {
+	everySecond(ctx, &l.sent, &l.received, &l.mu, l.interval, func(dSent, dRecv int64, lat string) {
+		if l.cfg.Quiet {
+			return
+		}
+		phase := "run"
+		if time.Since(l.start) < l.warmupEnd {
+			phase = "warmup"
+		}
+		fmt.Fprintf(l.out, "%5.1fs %-6s sent/s=%d recv/s=%d %s errors=%d\n",
+			time.Since(l.start).Seconds(), phase, dSent, dRecv, lat, l.errs.Load())
+	})
+}
+
+// everySecond is the progress loop of every mode: once a second until ctx
+// ends it calls line with the messages sent and received in that second
+// and the p50/p99 of interval ("-" when empty), which it then resets
+// (interval is guarded by mu).
+func everySecond(ctx context.Context, sent, received *atomic.Int64, mu *sync.Mutex, interval *hdrhistogram.Histogram,
+	line func(dSent, dRecv int64, lat string)) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	var lastSent, lastRecv int64
@@ -418,24 +437,17 @@ func (l *load) progress(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		sent, recv := l.sent.Load(), l.received.Load()
-		l.mu.Lock()
-		p50, p99, n := l.interval.ValueAtQuantile(50), l.interval.ValueAtQuantile(99), l.interval.TotalCount()
-		l.interval.Reset()
-		l.mu.Unlock()
-		if !l.cfg.Quiet {
-			phase := "run"
-			if time.Since(l.start) < l.warmupEnd {
-				phase = "warmup"
-			}
-			lat := "-"
-			if n > 0 {
-				lat = fmt.Sprintf("p50=%s p99=%s", fmtUS(p50), fmtUS(p99))
-			}
-			fmt.Fprintf(l.out, "%5.1fs %-6s sent/s=%d recv/s=%d %s errors=%d\n",
-				time.Since(l.start).Seconds(), phase, sent-lastSent, recv-lastRecv, lat, l.errs.Load())
+		s, r := sent.Load(), received.Load()
+		mu.Lock()
+		p50, p99, n := interval.ValueAtQuantile(50), interval.ValueAtQuantile(99), interval.TotalCount()
+		interval.Reset()
+		mu.Unlock()
+		lat := "-"
+		if n > 0 {
+			lat = fmt.Sprintf("p50=%s p99=%s", fmtUS(p50), fmtUS(p99))
 		}
-		lastSent, lastRecv = sent, recv
+		line(s-lastSent, r-lastRecv, lat)
+		lastSent, lastRecv = s, r
 	}
 }
 
